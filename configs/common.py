@@ -1,0 +1,101 @@
+"""Defaults shared by every config; each config file starts from `base()` and edits it."""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+
+def base() -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.seed = 0
+
+    # Documents -> records (python -m docjepa.prepare).
+    c.prepare = mlc.ConfigDict()
+    c.prepare.source = "synth:200"       # synth:N | DIR of PDFs | DIR of images | tfds:NAME
+    c.prepare.page_width = 448           # pages are resized to this width before windows are cut
+    c.prepare.window = 224
+    c.prepare.stride = 160               # window stride: 64 px overlap
+    c.prepare.dpi = 100                  # PDF render resolution
+    c.prepare.max_pages = 32             # per document; longer documents are truncated
+    c.prepare.max_pixels = 40_000_000    # per page image, before resizing
+    c.prepare.val_fraction = 0.1
+    c.prepare.shard_docs = 64            # documents per ArrayRecord shard
+    c.prepare.workers = 2
+    c.prepare.ocr_lang = "eng"
+
+    # Frozen text encoder (runs in prepare only).
+    c.text = mlc.ConfigDict()
+    c.text.model_dir = ""                # "" = the embedded all-MiniLM-L6-v2
+    c.text.pooling = "mean"              # mean | cls
+    c.text.normalize = True
+    c.text.max_length = 128
+    c.text.batch_size = 64
+
+    # Records -> batches (grain).
+    c.data = mlc.ConfigDict()
+    c.data.dir = "data/demo"
+    c.data.train_split = "train"
+    c.data.val_split = "val"
+    c.data.max_steps = 16                # patches per example (TTM steps)
+    c.data.max_pages = 4                 # pages per example
+    c.data.min_words = 3                 # windows with fewer words are masked out of the loss
+    c.data.batch_size = 8                # global batch, in examples
+    c.data.worker_count = 0
+    c.data.augment = True
+    c.data.shuffle_buffer = 0            # 0 = global index shuffle (grain MapDataset)
+
+    # Model.
+    c.model = mlc.ConfigDict()
+    c.model.hiera = mlc.ConfigDict()
+    c.model.hiera.name = "hiera_tiny_test"
+    c.model.hiera.drop_path_rate = 0.0
+    c.model.hiera.remat = False
+    c.model.hiera.init_from = ""         # path to a safetensors file of Meta's PyTorch weights
+    c.model.ttm = mlc.ConfigDict()
+    c.model.ttm.memory_size = 64         # m (scenic's unit: 64; the paper: 96)
+    c.model.ttm.num_read = 8             # r (scenic's unit: 8; the paper: 16)
+    c.model.ttm.process = "transformer"  # transformer | mixer | mlp
+    c.model.ttm.num_layers = 2
+    c.model.ttm.num_heads = 4
+    c.model.ttm.dim = 0                  # 0 = Hiera's output width
+    c.model.ttm.use_memory = True        # False: the no-memory ablation (mean over patch tokens)
+    c.model.embed_dim = 0                # 0 = the text encoder's width, read from the manifest
+    c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay fp32)
+
+    # Loss.
+    c.loss = mlc.ConfigDict()
+    c.loss.window_weight = 1.0
+    c.loss.page_weight = 1.0
+    c.loss.chunked = False               # ring-chunked SigLIP over the batch axes of the mesh
+    c.loss.t_prime_init = 2.302585       # log(10), SigLIP
+    c.loss.bias_init = -10.0
+
+    # Optimiser.
+    c.optim = mlc.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 50
+    c.optim.min_lr_ratio = 0.01
+    c.optim.weight_decay = 0.05
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.98
+    c.optim.clip_norm = 1.0
+    c.optim.grad_accum = 1
+
+    # Mesh: one -1 takes the remaining devices.
+    c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+
+    # Loop.
+    c.train = mlc.ConfigDict()
+    c.train.steps = 1000
+    c.train.log_every = 10
+    c.train.ckpt_every = 100
+    c.train.keep = 3
+    c.train.eval_every = 0               # 0 = only at step 0 and the end
+    c.train.max_nonfinite = 5            # consecutive non-finite steps before stopping
+
+    # Evaluators run by docjepa.eval and inside training (big_vision-style plug-ins).
+    c.evals = mlc.ConfigDict()
+    c.evals.names = ["retrieval", "category", "layout"]
+    c.evals.batch_size = 8
+    c.evals.max_examples = 512
+    return c

@@ -1,0 +1,26 @@
+"""CPU demo: a tiny Hiera + TTM trained on a synthetic corpus in about ten minutes.
+
+    python -m docjepa.train --config configs/demo.py --workdir runs/demo
+    python -m docjepa.train --config configs/demo.py:quick ...   # a few steps, for smoke tests
+"""
+
+import ml_collections as mlc
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    c = common.base()
+    c.prepare.source = "synth:240"
+    c.data.dir = "data/demo"
+    c.train.steps = 600
+    if arg == "quick":
+        c.prepare.source = "synth:12"
+        c.data.batch_size = 4
+        c.data.max_steps = 8
+        c.train.steps = 4
+        c.train.log_every = 1
+        c.train.ckpt_every = 2
+        c.optim.warmup_steps = 2
+        c.evals.max_examples = 16
+    return c

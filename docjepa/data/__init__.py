@@ -1,0 +1,1 @@
+"""Documents to training records: OCR, synthetic documents, patchify, prepare, pipeline."""

@@ -1,0 +1,1 @@
+"""Model definitions: Hiera patch encoder, Token Turing Machine, and the composed model."""

@@ -1,0 +1,127 @@
+"""Device mesh, logical-axis rules, and multi-host start-up.
+
+Every parameter is annotated with logical axis names (`docjepa.models.layers`). The table
+below, in the style of MaxText's `logical_axis_rules`, maps each name onto mesh axes of the
+mesh `("data", "fsdp", "tensor")`: fsdp shards the large (model-width) dimension of every
+weight, tensor shards attention heads and MLP hidden units, batches split over data x fsdp.
+A dimension that a mesh axis does not divide stays replicated, so tiny test models run on
+any mesh.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("proj", "tensor"),
+    ("conv", None),
+    ("pos", None),
+    ("memory", None),
+    ("tokens", None),
+    ("norm", None),
+)
+
+
+def maybe_initialize_distributed() -> None:
+    """Start multi-process JAX when a launcher said so (env vars or a cluster JAX detects).
+
+    `launch/local.sh` sets DOCJEPA_COORDINATOR / DOCJEPA_NUM_PROCESSES / DOCJEPA_PROCESS_ID;
+    SLURM and Cloud TPU are detected by `jax.distributed.initialize()` itself.
+    """
+    if jax.distributed.is_initialized():
+        return
+    coord = os.environ.get("DOCJEPA_COORDINATOR")
+    if coord:
+        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=coord,
+            num_processes=int(os.environ["DOCJEPA_NUM_PROCESSES"]),
+            process_id=int(os.environ["DOCJEPA_PROCESS_ID"]),
+        )
+    elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()
+
+
+def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Build a mesh from `[("data", -1), ("fsdp", 1), ("tensor", 1)]`; one -1 takes the rest."""
+    devices = list(devices if devices is not None else jax.devices())
+    names = [name for name, _ in axes]
+    if tuple(names) != MESH_AXES:
+        raise ValueError(f"config.mesh: axes must be {MESH_AXES} in that order, got {tuple(names)}")
+    sizes = [int(size) for _, size in axes]
+    if sizes.count(-1) > 1:
+        raise ValueError("config.mesh: at most one axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
+        raise ValueError(f"config.mesh: sizes {sizes} do not divide {len(devices)} devices")
+    sizes = [len(devices) // known if s == -1 else s for s in sizes]
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"config.mesh: sizes {sizes} use {int(np.prod(sizes))} of {len(devices)} devices")
+    device_array = np.asarray(devices).reshape(sizes)
+    return Mesh(device_array, MESH_AXES)
+
+
+def logical_to_mesh_spec(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh) -> P:
+    """Map one array's logical names to a PartitionSpec, dropping axes that do not divide."""
+    if logical is None:
+        return P()
+    rules = dict(LOGICAL_AXIS_RULES)
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(logical, shape):
+        target = rules.get(name) if name is not None else None
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        targets = tuple(t for t in targets if t not in used and mesh.shape[t] > 1)
+        size = int(np.prod([mesh.shape[t] for t in targets])) if targets else 1
+        if not targets or dim % size:
+            out.append(None)
+            continue
+        used.update(targets)
+        out.append(targets[0] if len(targets) == 1 else targets)
+    return P(*out)
+
+
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+    """NamedShardings for an nnx.State (abstract or concrete) from its logical metadata."""
+
+    def one(x: Any) -> NamedSharding:
+        if isinstance(x, nnx.Variable):
+            logical = x.get_metadata().get("out_sharding")
+            return x.replace(NamedSharding(mesh, logical_to_mesh_spec(logical, x.value.shape, mesh)))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) dimension over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble each process's local slice into global arrays sharded over the batch axes."""
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+        for k, v in local.items()
+    }
