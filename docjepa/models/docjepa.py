@@ -1,0 +1,103 @@
+"""The composed model: Hiera per patch -> Token Turing Machine over steps -> heads.
+
+Input is a batch of examples, each a sequence of `S` patches of one document in reading
+order (page after page, row-major inside a page). Outputs are L2-normalised embeddings in
+the text encoder's space: one per step (aligned with the window text), one per page (mean
+of the page's steps, aligned with the page text), one per example (memory summary).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+from flax import nnx
+
+from docjepa import losses
+from docjepa.models import hiera, layers, ttm
+
+# ImageNet statistics, as used to pretrain Meta's Hiera checkpoints.
+_MEAN = jnp.array([0.485, 0.456, 0.406]) * 255.0
+_STD = jnp.array([0.229, 0.224, 0.225]) * 255.0
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+class Head(nnx.Module):
+    """LayerNorm -> Dense into the text embedding space (the projection head)."""
+
+    def __init__(self, dim: int, out: int, *, rngs: nnx.Rngs):
+        self.norm = layers.layer_norm(dim, rngs=rngs)
+        self.proj = layers.dense(dim, out, ("embed", "proj"), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return l2_normalize(self.proj(self.norm(x.astype(jnp.float32))))
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+    """Mean of `x` over `axis` where `mask` (broadcast to x without the last dim) is True."""
+    w = mask.astype(x.dtype)[..., None]
+    return jnp.sum(x * w, axis=axis) / jnp.maximum(jnp.sum(w, axis=axis), 1.0)
+
+
+class DocJEPA(nnx.Module):
+    """Hiera + TTM (or the no-memory ablation) + window/page/document heads + SigLIP scales."""
+
+    def __init__(self, cfg: mlc.ConfigDict, *, embed_dim: int, loss_cfg: mlc.ConfigDict, rngs: nnx.Rngs):
+        dtype = DTYPES[cfg.dtype]
+        self.encoder = hiera.create(
+            cfg.hiera.name, rngs=rngs, dtype=dtype, remat=cfg.hiera.remat,
+            drop_path_rate=cfg.hiera.drop_path_rate,
+        )
+        width = self.encoder.out_dim
+        dim = cfg.ttm.dim or width
+        self.in_proj = layers.dense(width, dim, ("embed", "embed"), rngs=rngs, dtype=dtype) if dim != width else None
+        self.ttm = (
+            ttm.TokenTuringMachine(
+                dim, memory_size=cfg.ttm.memory_size, num_read=cfg.ttm.num_read, process=cfg.ttm.process,
+                num_layers=cfg.ttm.num_layers, num_heads=cfg.ttm.num_heads, dtype=dtype, rngs=rngs,
+            )
+            if cfg.ttm.use_memory
+            else None
+        )
+        self.window_head = Head(dim, embed_dim, rngs=rngs)
+        self.page_head = Head(dim, embed_dim, rngs=rngs)
+        self.doc_head = Head(dim, embed_dim, rngs=rngs)
+        self.window_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, loss_cfg.bias_init)
+        self.page_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, loss_cfg.bias_init)
+        self.dtype = dtype
+
+    def encode_patches(self, patches: jax.Array) -> jax.Array:
+        """uint8 [..., H, W, 3] -> Hiera tokens [..., N, C] (leading dims flattened and restored)."""
+        lead = patches.shape[:-3]
+        x = (patches.astype(jnp.float32) - _MEAN) / _STD
+        tokens = self.encoder(x.reshape(-1, *patches.shape[-3:]).astype(self.dtype))
+        return tokens.reshape(*lead, *tokens.shape[1:])
+
+    def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, *,
+                 max_pages: int) -> dict[str, jax.Array]:
+        tokens = self.encode_patches(patches)                              # [B, S, N, C]
+        if self.in_proj is not None:
+            tokens = self.in_proj(tokens)
+        if self.ttm is not None:
+            outputs, memory = self.ttm(tokens, step_mask)                  # [B, S, r, C], [B, m, C]
+            steps = outputs.mean(axis=2)
+            doc = memory.mean(axis=1)
+        else:  # no-memory ablation: each step is the mean of its own patch tokens
+            steps = tokens.mean(axis=2)
+            doc = masked_mean(steps, step_mask, axis=1)
+        steps = steps.astype(jnp.float32)
+        onehot = (page_ids[..., None] == jnp.arange(max_pages)) & step_mask[..., None]  # [B, S, P]
+        pages = jnp.einsum("bsp,bsc->bpc", onehot.astype(steps.dtype), steps)
+        pages = pages / jnp.maximum(onehot.sum(axis=1), 1)[..., None]
+        return {
+            "window": self.window_head(steps),
+            "page": self.page_head(pages),
+            "doc": self.doc_head(doc),
+            "page_present": onehot.any(axis=1),
+        }

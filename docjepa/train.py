@@ -1,0 +1,276 @@
+"""Pretraining: python -m docjepa.train --config configs/demo.py --workdir runs/demo.
+
+One `main()` read top to bottom: config, mesh, data, model, optimizer, shardings, step,
+checkpoint, loop. The step is a pure jitted function over explicit shardings; the same code
+runs on a laptop CPU, a GPU cluster (SLURM) and a TPU pod slice (one process per host).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from docjepa import checkpoint, metrics, objective, sharding, validate
+from docjepa.data import pipeline
+from docjepa.models.docjepa import DocJEPA
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/demo.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard events go.")
+
+# Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
+STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_emb", "window_mask", "window_text_id",
+               "page_emb", "page_mask", "page_text_id")
+
+
+class NonFiniteError(RuntimeError):
+    """Raised after `train.max_nonfinite` consecutive steps with a non-finite loss or gradient."""
+
+
+def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int) -> DocJEPA:
+    return DocJEPA(cfg.model, embed_dim=embed_dim, loss_cfg=cfg.loss, rngs=nnx.Rngs(seed))
+
+
+def embed_dim_of(cfg: mlc.ConfigDict, manifest: dict[str, Any]) -> int:
+    return cfg.model.embed_dim or int(manifest["encoder"]["dim"])
+
+
+def decay_mask(abstract_params: nnx.State, no_decay_axes: tuple[str, ...] = ("norm", "pos", "memory")) -> Any:
+    """Weight decay on matrices only: not on biases, norms, position embeddings, memory init."""
+
+    def one(v: nnx.Variable) -> bool:
+        axes = v.get_metadata().get("out_sharding") or ()
+        return v.value.ndim >= 2 and not any(a in no_decay_axes for a in axes)
+
+    return nnx.to_pure_dict(jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warmup and cosine decay, global-norm clipping (optim.clip_norm > 0)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps),
+        decay_steps=max(steps, cfg.warmup_steps + 1), end_value=cfg.lr * cfg.min_lr_ratio,
+    )
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask))
+    return optax.chain(*parts), schedule
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    cfg: mlc.ConfigDict, mesh: jax.sharding.Mesh):
+    """The pure step: (state, batch) -> (state, metrics). Non-finite updates are skipped."""
+    accum = cfg.optim.grad_accum
+
+    def loss_fn(params, batch):
+        model = nnx.merge(graphdef, params)
+        out = model(batch["patches"], batch["step_mask"], batch["page_ids"], max_pages=cfg.data.max_pages)
+        total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh)
+        return total, terms
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state, batch):
+        params = state["params"]
+        if accum == 1:
+            (loss, terms), grads = grad_fn(params, batch)
+        else:  # microbatches in a scan: activations of one microbatch alive at a time
+            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+            def body(carry, mb):
+                (l, t), g = grad_fn(params, mb)
+                return jax.tree.map(jnp.add, carry, (l, t, g)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {k: jnp.float32(0) for k in ("loss/window", "loss/page")}, params))
+            (loss, terms, grads), _ = jax.lax.scan(body, zeros, micro)
+            loss, terms, grads = jax.tree.map(lambda x: x / accum, (loss, terms, grads))
+        updates, opt = tx.update(grads, state["opt"], params)
+        new_params = optax.apply_updates(params, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = {
+            "params": jax.tree.map(keep, new_params, params),
+            "opt": jax.tree.map(keep, opt, state["opt"]),
+            "step": state["step"] + 1,
+        }
+        scales = params["window_scale"], params["page_scale"]
+        out = {
+            "loss": loss, **terms, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+            "finite": finite.astype(jnp.float32),
+            "t/window": jnp.exp(scales[0]["t_prime"]), "b/window": scales[0]["b"],
+            "t/page": jnp.exp(scales[1]["t_prime"]), "b/page": scales[1]["b"],
+            "patches": jnp.sum(batch["step_mask"]).astype(jnp.float32),
+        }
+        return new_state, out
+
+    return step
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.getLogger().setLevel(logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO, force=True)
+
+    # ------------------------------------------------------------------ config
+    cfg = _CONFIG.value
+    workdir = Path(_WORKDIR.value or "")
+    if not _WORKDIR.value:
+        sys.exit("error: --workdir is required")
+    try:
+        validate.check(cfg, "train")
+        manifest = pipeline.read_manifest(cfg.data.dir)
+    except (validate.ConfigError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+    # -------------------------------------------------------------------- mesh
+    sharding.maybe_initialize_distributed()
+    try:
+        mesh = sharding.make_mesh(cfg.mesh)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.data.batch_size % n_batch_shards or cfg.data.batch_size % jax.process_count():
+        sys.exit(f"error: config.data.batch_size: {cfg.data.batch_size} is not divisible by the "
+                 f"{n_batch_shards} batch shards of the mesh and {jax.process_count()} processes")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
+
+    # -------------------------------------------------------------------- data
+    local_batch = cfg.data.batch_size // jax.process_count()
+    train_iter = pipeline.make_train_iterator(cfg.data, seed=cfg.seed, local_batch_size=local_batch)
+
+    # ------------------------------------------------------------------- model
+    embed_dim = embed_dim_of(cfg, manifest)
+    make_model = functools.partial(build_model, cfg, embed_dim, cfg.seed)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
+    logging.info("model: %s + TTM(m=%d, r=%d, %s), %.2fM parameters, embed dim %d", cfg.model.hiera.name,
+                 cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.process if cfg.model.ttm.use_memory
+                 else "off", n_params / 1e6, embed_dim)
+
+    # --------------------------------------------------------------- optimizer
+    tx, schedule = build_optimizer(cfg.optim, cfg.train.steps, decay_mask(abstract_params))
+
+    # --------------------------------------------------------------- shardings
+    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+    abstract_pure = nnx.to_pure_dict(abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, abstract_pure)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: sharding.replicated(mesh))
+    state_sh = {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+
+    @functools.partial(jax.jit, out_shardings=state_sh)
+    def init_state():
+        params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
+        return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+
+    # -------------------------------------------------------------------- step
+    batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in STEP_FIELDS}  # leading dim; rest replicated
+    train_step = jax.jit(
+        make_train_step(graphdef, tx, schedule, cfg, mesh),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+    # -------------------------------------------------------------- checkpoint
+    ckpt = checkpoint.Checkpointer(workdir, every=cfg.train.ckpt_every, keep=cfg.train.keep)
+    abstract_state = checkpoint.abstract_with_shardings(jax.eval_shape(init_state), state_sh)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(None, abstract_state, train_iter)
+        logging.info("resumed from step %d", int(state["step"]))
+    else:
+        state = init_state()
+    start = int(state["step"])
+
+    # -------------------------------------------------------------------- loop
+    writer = metrics.MetricWriter(workdir)
+    preempt = checkpoint.Preemption()
+    flops, peak = None, metrics.peak_flops(jax.devices()[0])
+    nonfinite_run, pending = 0, None
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not sys.stderr.isatty(), desc="train")
+    t_last, step_last = time.perf_counter(), start
+
+    def check_finite(step_metrics: dict[str, Any]) -> None:
+        nonlocal nonfinite_run
+        if float(step_metrics["finite"]):
+            nonfinite_run = 0
+            return
+        nonfinite_run += 1
+        logging.warning("non-finite loss or gradient: update skipped (%d in a row)", nonfinite_run)
+        if nonfinite_run >= cfg.train.max_nonfinite:
+            raise NonFiniteError(f"{nonfinite_run} consecutive non-finite steps (loss={float(step_metrics['loss'])},"
+                                 f" grad_norm={float(step_metrics['grad_norm'])}); stopping. Lower optim.lr, check the"
+                                 " data for NaN targets, or raise train.max_nonfinite.")
+
+    try:
+        for step in range(start + 1, cfg.train.steps + 1):
+            local = next(train_iter)
+            batch = sharding.global_batch({k: local[k] for k in STEP_FIELDS}, mesh)
+            if flops is None:
+                cost = train_step.lower(state, batch).compile().cost_analysis()
+                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+                flops = float(cost.get("flops", 0.0)) if cost else 0.0
+                logging.info("compiled train step: %.3e FLOPs per device per step", flops)
+            state, step_metrics = train_step(state, batch)
+            if step == start + 1:  # keep compilation out of the timings
+                jax.block_until_ready(state)
+                t_last, step_last = time.perf_counter(), step
+            if pending is not None:  # read the previous step's metrics: keeps dispatch one step ahead
+                check_finite(pending)
+            pending = step_metrics
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                host = jax.device_get(step_metrics)
+                check_finite(host)
+                pending = None
+                now = time.perf_counter()
+                dt = (now - t_last) / max(step - step_last, 1)
+                t_last, step_last = now, step
+                host.update({"step_time_s": dt, "patches_per_s": host["patches"] / dt})
+                if peak and flops:
+                    host["mfu"] = flops / dt / peak
+                writer.write(step, host)
+            saved = ckpt.save(step, state, train_iter)
+            if preempt.requested():
+                logging.info("SIGTERM: saving step %d and exiting", step)
+                if not saved:
+                    ckpt.save(step, state, train_iter, force=True)
+                break
+        if pending is not None:
+            check_finite(jax.device_get(pending))
+        ckpt.wait()
+        if int(state["step"]) not in ckpt.all_steps():
+            ckpt.save(int(state["step"]), state, train_iter, force=True)
+    except NonFiniteError as e:
+        ckpt.wait()
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+        bar.close()
+        preempt.restore_handler()
+    logging.info("done at step %d", int(state["step"]))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

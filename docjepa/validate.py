@@ -1,0 +1,138 @@
+"""Config validation: every entry point checks its fields before anything compiles.
+
+A bad value produces one line naming the field, e.g.
+`config.data.batch_size: must be a positive integer (got 0)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import ml_collections as mlc
+
+
+class ConfigError(ValueError):
+    """A config field with a bad value; str() is the one-line message for the user."""
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _pos_float(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _nonneg_float(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _fraction(v: Any) -> bool:
+    return _nonneg_float(v) and v < 1
+
+
+Rule = tuple[Callable[[Any], bool], str]
+
+RULES: dict[str, Rule] = {
+    "seed": (_nonneg_int, "must be a non-negative integer"),
+    "prepare.page_width": (lambda v: _pos_int(v) and v >= 224, "must be an integer >= 224"),
+    "prepare.window": (_one_of(224), "must be 224 (the Hiera input size)"),
+    "prepare.stride": (_pos_int, "must be a positive integer"),
+    "prepare.dpi": (_pos_float, "must be a positive number"),
+    "prepare.max_pages": (_pos_int, "must be a positive integer"),
+    "prepare.max_pixels": (_pos_int, "must be a positive integer"),
+    "prepare.val_fraction": (_fraction, "must be in [0, 1)"),
+    "prepare.shard_docs": (_pos_int, "must be a positive integer"),
+    "prepare.workers": (_nonneg_int, "must be a non-negative integer"),
+    "text.pooling": (_one_of("mean", "cls"), "must be 'mean' or 'cls'"),
+    "text.max_length": (_pos_int, "must be a positive integer"),
+    "text.batch_size": (_pos_int, "must be a positive integer"),
+    "data.dir": (lambda v: isinstance(v, str) and bool(v), "must be a non-empty path"),
+    "data.max_steps": (_pos_int, "must be a positive integer"),
+    "data.max_pages": (_pos_int, "must be a positive integer"),
+    "data.min_words": (_nonneg_int, "must be a non-negative integer"),
+    "data.batch_size": (_pos_int, "must be a positive integer"),
+    "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
+    "model.hiera.drop_path_rate": (_fraction, "must be in [0, 1)"),
+    "model.ttm.memory_size": (_pos_int, "must be a positive integer"),
+    "model.ttm.num_read": (_pos_int, "must be a positive integer"),
+    "model.ttm.process": (_one_of("transformer", "mixer", "mlp"), "must be one of transformer, mixer, mlp"),
+    "model.ttm.num_layers": (_pos_int, "must be a positive integer"),
+    "model.ttm.num_heads": (_pos_int, "must be a positive integer"),
+    "model.ttm.dim": (_nonneg_int, "must be a non-negative integer (0 = Hiera's width)"),
+    "model.embed_dim": (_nonneg_int, "must be a non-negative integer (0 = the text encoder's width)"),
+    "model.dtype": (_one_of("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
+    "loss.window_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.page_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.t_prime_init": (_finite, "must be a finite number"),
+    "loss.bias_init": (_finite, "must be a finite number"),
+    "optim.lr": (_pos_float, "must be a finite number > 0"),
+    "optim.warmup_steps": (_nonneg_int, "must be a non-negative integer"),
+    "optim.min_lr_ratio": (lambda v: _nonneg_float(v) and v <= 1, "must be in [0, 1]"),
+    "optim.weight_decay": (_nonneg_float, "must be a finite number >= 0"),
+    "optim.b1": (_fraction, "must be in [0, 1)"),
+    "optim.b2": (_fraction, "must be in [0, 1)"),
+    "optim.clip_norm": (_nonneg_float, "must be a finite number >= 0 (0 = no clipping)"),
+    "optim.grad_accum": (_pos_int, "must be a positive integer"),
+    "train.steps": (_pos_int, "must be a positive integer"),
+    "train.log_every": (_pos_int, "must be a positive integer"),
+    "train.ckpt_every": (_pos_int, "must be a positive integer"),
+    "train.keep": (_pos_int, "must be a positive integer"),
+    "train.eval_every": (_nonneg_int, "must be a non-negative integer (0 = start and end only)"),
+    "train.max_nonfinite": (_pos_int, "must be a positive integer"),
+    "evals.batch_size": (_pos_int, "must be a positive integer"),
+    "evals.max_examples": (_pos_int, "must be a positive integer"),
+}
+
+SECTIONS = {
+    "prepare": ("seed", "prepare.", "text."),
+    "train": ("seed", "data.", "model.", "loss.", "optim.", "train.", "evals."),
+    "eval": ("seed", "data.", "model.", "loss.", "evals."),
+}
+
+
+def _lookup(cfg: mlc.ConfigDict, path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, (mlc.ConfigDict, dict)) or part not in node:
+            raise ConfigError(f"config.{path}: missing")
+        node = node[part]
+    return node
+
+
+def check(cfg: mlc.ConfigDict, section: str) -> None:
+    """Raise ConfigError on the first bad field used by `section` (prepare/train/eval)."""
+    prefixes: Iterable[str] = SECTIONS[section]
+    for path, (ok, why) in RULES.items():
+        if not any(path == p or path.startswith(p) for p in prefixes):
+            continue
+        value = _lookup(cfg, path)
+        if not ok(value):
+            raise ConfigError(f"config.{path}: {why} (got {value!r})")
+    if section == "prepare" and cfg.prepare.stride > cfg.prepare.window:
+        raise ConfigError(f"config.prepare.stride: must be <= prepare.window (got {cfg.prepare.stride})")
+    if section == "train" and cfg.data.batch_size % cfg.optim.grad_accum:
+        raise ConfigError("config.optim.grad_accum: must divide data.batch_size")
+    if section in ("train", "eval"):
+        names = [n for n, _ in cfg.mesh] if _valid_mesh_shape(cfg.mesh) else None
+        if names != ["data", "fsdp", "tensor"]:
+            raise ConfigError(f"config.mesh: must be [('data', n), ('fsdp', n), ('tensor', n)] (got {cfg.mesh!r})")
+
+
+def _valid_mesh_shape(mesh: Any) -> bool:
+    return isinstance(mesh, (list, tuple)) and all(
+        isinstance(a, (list, tuple)) and len(a) == 2 and isinstance(a[1], int) for a in mesh
+    )
