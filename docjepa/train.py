@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from docjepa import checkpoint, metrics, objective, sharding, validate
+from docjepa import eval as evaluation
 from docjepa.data import pipeline
 from docjepa.models.docjepa import DocJEPA
 
@@ -68,6 +69,16 @@ def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.G
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask))
     return optax.chain(*parts), schedule
+
+
+def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx.State,
+                          mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """Shardings of {params, opt, step}: params by logical rules, optimizer moments alike."""
+    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+    abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: sharding.replicated(mesh))
+    return {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -168,12 +179,7 @@ def main(argv: list[str]) -> None:
     tx, schedule = build_optimizer(cfg.optim, cfg.train.steps, decay_mask(abstract_params))
 
     # --------------------------------------------------------------- shardings
-    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
-    abstract_pure = nnx.to_pure_dict(abstract_params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_pure)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: sharding.replicated(mesh))
-    state_sh = {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+    state_sh = train_state_shardings(tx, abstract_params, mesh)
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init_state():
@@ -199,8 +205,18 @@ def main(argv: list[str]) -> None:
         state = init_state()
     start = int(state["step"])
 
-    # -------------------------------------------------------------------- loop
+    # -------------------------------------------------------------------- eval
     writer = metrics.MetricWriter(workdir)
+    evaluator = evaluation.Evaluation(cfg, graphdef, mesh, state_sh["params"], list(cfg.evals.in_train), cfg.data.dir)
+
+    def run_eval(step: int) -> None:
+        results, _ = evaluator.run(state["params"], tag=f"eval@{step}")
+        writer.write(step, {f"eval/{k}": v for k, v in results.items()})
+
+    if start == 0 and cfg.evals.in_train:
+        run_eval(0)
+
+    # -------------------------------------------------------------------- loop
     preempt = checkpoint.Preemption()
     flops, peak = None, metrics.peak_flops(jax.devices()[0])
     nonfinite_run, pending = 0, None
@@ -247,6 +263,8 @@ def main(argv: list[str]) -> None:
                 if peak and flops:
                     host["mfu"] = flops / dt / peak
                 writer.write(step, host)
+            if cfg.evals.in_train and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
+                run_eval(step)
             saved = ckpt.save(step, state, train_iter)
             if preempt.requested():
                 logging.info("SIGTERM: saving step %d and exiting", step)
@@ -258,6 +276,8 @@ def main(argv: list[str]) -> None:
         ckpt.wait()
         if int(state["step"]) not in ckpt.all_steps():
             ckpt.save(int(state["step"]), state, train_iter, force=True)
+        if cfg.evals.in_train and int(state["step"]) == cfg.train.steps:
+            run_eval(cfg.train.steps)
     except NonFiniteError as e:
         ckpt.wait()
         logging.error("%s", e)

@@ -95,6 +95,7 @@ RULES: dict[str, Rule] = {
     "train.max_nonfinite": (_pos_int, "must be a positive integer"),
     "evals.batch_size": (_pos_int, "must be a positive integer"),
     "evals.max_examples": (_pos_int, "must be a positive integer"),
+    "evals.layout_stage": (_one_of(0, 1, 2, 3), "must be a Hiera stage index in 0..3"),
 }
 
 SECTIONS = {

@@ -72,12 +72,20 @@ class DocJEPA(nnx.Module):
         self.page_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, loss_cfg.bias_init)
         self.dtype = dtype
 
+    def _pixels(self, patches: jax.Array) -> jax.Array:
+        """uint8 [..., H, W, 3] -> normalised [n, H, W, 3] in the compute dtype."""
+        x = (patches.astype(jnp.float32) - _MEAN) / _STD
+        return x.reshape(-1, *patches.shape[-3:]).astype(self.dtype)
+
     def encode_patches(self, patches: jax.Array) -> jax.Array:
         """uint8 [..., H, W, 3] -> Hiera tokens [..., N, C] (leading dims flattened and restored)."""
-        lead = patches.shape[:-3]
-        x = (patches.astype(jnp.float32) - _MEAN) / _STD
-        tokens = self.encoder(x.reshape(-1, *patches.shape[-3:]).astype(self.dtype))
-        return tokens.reshape(*lead, *tokens.shape[1:])
+        tokens = self.encoder(self._pixels(patches))
+        return tokens.reshape(*patches.shape[:-3], *tokens.shape[1:])
+
+    def stage_features(self, patches: jax.Array, stage: int) -> jax.Array:
+        """Hiera feature map of `stage` in image layout, [..., h, w, C] (for layout probes)."""
+        _, stages = self.encoder(self._pixels(patches), return_intermediates=True)
+        return stages[stage].reshape(*patches.shape[:-3], *stages[stage].shape[1:])
 
     def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, *,
                  max_pages: int) -> dict[str, jax.Array]:
