@@ -82,7 +82,7 @@ def base() -> mlc.ConfigDict:
     c.optim.grad_accum = 1
 
     # Mesh: one -1 takes the remaining devices.
-    c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+    c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
 
     # Loop.
     c.train = mlc.ConfigDict()
@@ -95,8 +95,8 @@ def base() -> mlc.ConfigDict:
 
     # Evaluators run by docjepa.eval and inside training (big_vision-style plug-ins).
     c.evals = mlc.ConfigDict()
-    c.evals.names = ["retrieval", "category", "layout"]   # python -m docjepa.eval
-    c.evals.in_train = ["retrieval"]                      # run every train.eval_every steps
+    c.evals.names = ("retrieval", "category", "layout")   # python -m docjepa.eval
+    c.evals.in_train = ("retrieval",)                   # run every train.eval_every steps
     c.evals.layout_stage = 1                              # Hiera stage (0-based) for the layout probe
     c.evals.batch_size = 8
     c.evals.max_examples = 512

@@ -21,11 +21,14 @@ from jax.experimental import multihost_utils
 
 
 class Checkpointer:
-    """A CheckpointManager with items `state` (a pytree of jax.Arrays) and `data` (grain)."""
+    """A CheckpointManager with items `state` (a pytree of jax.Arrays) and `data` (grain).
 
-    def __init__(self, workdir: str | os.PathLike, *, every: int, keep: int, async_save: bool = True):
+    The caller decides when to save (every N steps, on SIGTERM, at the end); the manager
+    keeps the newest `keep` steps.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, keep: int, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every,
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
             create=True,
@@ -47,12 +50,12 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iterator: Any | None, *, force: bool = False) -> bool:
-        """Save if `step` is on the interval (or `force`); returns whether a save started."""
+    def save(self, step: int, state: Any, data_iterator: Any | None) -> bool:
+        """Start an asynchronous save of `step`; returns whether a save started."""
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step: int | None, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """Restore `state` onto the shardings of `abstract_state` (and the iterator in place)."""

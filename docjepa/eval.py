@@ -36,7 +36,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from docjepa import checkpoint, objective, sharding, train, validate  # noqa: E402
+from docjepa import checkpoint, metrics, objective, sharding, train, validate  # noqa: E402
 from docjepa.data import ocr, pipeline  # noqa: E402
 
 KS = (1, 5, 10)
@@ -427,12 +427,18 @@ def write_report(workdir: Path, step: int, runs: dict[str, dict[str, float]], fe
 
 # ------------------------------------------------------------------------------- CLI
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_DATA = flags.DEFINE_string("data", None, "Prepared data directory (default: config.data.dir).")
-_COMPARE = flags.DEFINE_multi_string("compare", [], "NAME=WORKDIR of another run to evaluate alongside.")
-_RANDOM = flags.DEFINE_bool("random_init", True, "Also evaluate the random-initialised twin (step 0).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags, defined only when this module is the program (not on import)."""
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py.")
+    flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+    flags.DEFINE_string("data", None, "Prepared data directory (default: config.data.dir).")
+    flags.DEFINE_multi_string("compare", [], "NAME=WORKDIR of another run to evaluate alongside.")
+    flags.DEFINE_bool("random_init", True, "Also evaluate the random-initialised twin (step 0).")
+    flags.mark_flags_as_required(["config"])
 
 
 class Restored:
@@ -448,7 +454,7 @@ class Restored:
         self.init_params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)),
                                    out_shardings=self.param_sh)
         self.params, self.step = None, 0
-        ckpt = checkpoint.Checkpointer(workdir, every=1, keep=1, async_save=False)
+        ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
         if ckpt.latest_step() is not None:
             abstract = checkpoint.abstract_with_shardings(
                 {"params": nnx.to_pure_dict(abstract_params), "opt": jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params)),
@@ -470,17 +476,17 @@ def load_config(workdir: Path) -> mlc.ConfigDict:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO, force=True)
-    cfg = _CONFIG.value
-    if not _WORKDIR.value:
+    metrics.setup_logging()
+    cfg = FLAGS.config
+    if not FLAGS.workdir:
         sys.exit("error: --workdir is required")
-    workdir = Path(_WORKDIR.value)
-    data_dir = _DATA.value or cfg.data.dir
+    workdir = Path(FLAGS.workdir)
+    data_dir = FLAGS.data or cfg.data.dir
     try:
         validate.check(cfg, "eval")
         manifest = pipeline.read_manifest(data_dir)
         compare = {}
-        for item in _COMPARE.value:
+        for item in FLAGS.compare:
             name, _, other = item.partition("=")
             if not name or not other:
                 raise ValueError(f"--compare: expected NAME=WORKDIR, got {item!r}")
@@ -491,14 +497,14 @@ def main(argv: list[str]) -> None:
     sharding.maybe_initialize_distributed()
     mesh = sharding.make_mesh(cfg.mesh)
     embed_dim = train.embed_dim_of(cfg, manifest)
-    main_run = Restored(cfg, workdir, embed_dim, mesh, _STEP.value)
+    main_run = Restored(cfg, workdir, embed_dim, mesh, FLAGS.step)
     if main_run.params is None:
         sys.exit(f"error: {workdir}: no checkpoint to evaluate (train first, or pass --workdir of a run)")
     evaluation = Evaluation(cfg, main_run.graphdef, mesh, main_run.param_sh, list(cfg.evals.names), data_dir)
 
     runs, feats = {}, {}
     runs["trained"], feats["trained"] = evaluation.run(main_run.params, tag="trained")
-    if _RANDOM.value:
+    if FLAGS.random_init:
         runs["random_init"], feats["random_init"] = evaluation.run(main_run.init_params(), tag="random_init")
     for name, (other_cfg, other_dir) in compare.items():
         other = Restored(other_cfg, other_dir, train.embed_dim_of(other_cfg, manifest), mesh, None)
@@ -514,5 +520,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
+    define_flags()
     app.run(main)

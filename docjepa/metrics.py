@@ -38,6 +38,18 @@ def peak_flops(device: jax.Device) -> float | None:
     return None
 
 
+def setup_logging() -> None:
+    """docjepa's own messages at INFO, one line each; libraries (orbax, absl) at WARNING."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING, force=True)
+    logging.getLogger("docjepa").setLevel(logging.INFO)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+
+
 class MetricWriter:
     """Writes scalars to log, TensorBoard (tensorboardX) and `metrics.jsonl` on process 0."""
 
@@ -62,7 +74,7 @@ class MetricWriter:
             self._tb.flush()
         if log:
             body = " ".join(f"{k}={_fmt(v)}" for k, v in clean.items())
-            logging.info("step %d %s", step, body)
+            logging.getLogger("docjepa.metrics").info("step %d %s", step, body)
 
     def close(self) -> None:
         if self._tb is not None:

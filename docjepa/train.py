@@ -30,8 +30,15 @@ from docjepa import eval as evaluation
 from docjepa.data import pipeline
 from docjepa.models.docjepa import DocJEPA
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/demo.py.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard events go.")
+FLAGS = flags.FLAGS
+log = logging.getLogger("docjepa.train")
+
+
+def define_flags() -> None:
+    """Command-line flags, defined only when this module is the program (not on import)."""
+    config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/demo.py.")
+    flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard events go.")
+    flags.mark_flags_as_required(["config"])
 
 # Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
 STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_emb", "window_mask", "window_text_id",
@@ -133,14 +140,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.getLogger().setLevel(logging.INFO)
-    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO, force=True)
+    metrics.setup_logging()
 
     # ------------------------------------------------------------------ config
-    cfg = _CONFIG.value
-    workdir = Path(_WORKDIR.value or "")
-    if not _WORKDIR.value:
+    cfg = FLAGS.config
+    if not FLAGS.workdir:
         sys.exit("error: --workdir is required")
+    workdir = Path(FLAGS.workdir)
     try:
         validate.check(cfg, "train")
         manifest = pipeline.read_manifest(cfg.data.dir)
@@ -160,7 +166,7 @@ def main(argv: list[str]) -> None:
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
-    logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
+    log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
 
     # -------------------------------------------------------------------- data
     local_batch = cfg.data.batch_size // jax.process_count()
@@ -171,7 +177,7 @@ def main(argv: list[str]) -> None:
     make_model = functools.partial(build_model, cfg, embed_dim, cfg.seed)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
-    logging.info("model: %s + TTM(m=%d, r=%d, %s), %.2fM parameters, embed dim %d", cfg.model.hiera.name,
+    log.info("model: %s + TTM(m=%d, r=%d, %s), %.2fM parameters, embed dim %d", cfg.model.hiera.name,
                  cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.process if cfg.model.ttm.use_memory
                  else "off", n_params / 1e6, embed_dim)
 
@@ -196,11 +202,11 @@ def main(argv: list[str]) -> None:
     )
 
     # -------------------------------------------------------------- checkpoint
-    ckpt = checkpoint.Checkpointer(workdir, every=cfg.train.ckpt_every, keep=cfg.train.keep)
+    ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep)
     abstract_state = checkpoint.abstract_with_shardings(jax.eval_shape(init_state), state_sh)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(None, abstract_state, train_iter)
-        logging.info("resumed from step %d", int(state["step"]))
+        log.info("resumed from step %d", int(state["step"]))
     else:
         state = init_state()
     start = int(state["step"])
@@ -229,7 +235,7 @@ def main(argv: list[str]) -> None:
             nonfinite_run = 0
             return
         nonfinite_run += 1
-        logging.warning("non-finite loss or gradient: update skipped (%d in a row)", nonfinite_run)
+        log.warning("non-finite loss or gradient: update skipped (%d in a row)", nonfinite_run)
         if nonfinite_run >= cfg.train.max_nonfinite:
             raise NonFiniteError(f"{nonfinite_run} consecutive non-finite steps (loss={float(step_metrics['loss'])},"
                                  f" grad_norm={float(step_metrics['grad_norm'])}); stopping. Lower optim.lr, check the"
@@ -243,7 +249,7 @@ def main(argv: list[str]) -> None:
                 cost = train_step.lower(state, batch).compile().cost_analysis()
                 cost = cost[0] if isinstance(cost, (list, tuple)) else cost
                 flops = float(cost.get("flops", 0.0)) if cost else 0.0
-                logging.info("compiled train step: %.3e FLOPs per device per step", flops)
+                log.info("compiled train step: %.3e FLOPs per device per step", flops)
             state, step_metrics = train_step(state, batch)
             if step == start + 1:  # keep compilation out of the timings
                 jax.block_until_ready(state)
@@ -257,30 +263,31 @@ def main(argv: list[str]) -> None:
                 check_finite(host)
                 pending = None
                 now = time.perf_counter()
-                dt = (now - t_last) / max(step - step_last, 1)
+                if step > step_last:  # the first step's time is compilation, not throughput
+                    dt = (now - t_last) / (step - step_last)
+                    host.update({"step_time_s": dt, "patches_per_s": host["patches"] / dt})
+                    if peak and flops:
+                        host["mfu"] = flops / dt / peak
                 t_last, step_last = now, step
-                host.update({"step_time_s": dt, "patches_per_s": host["patches"] / dt})
-                if peak and flops:
-                    host["mfu"] = flops / dt / peak
                 writer.write(step, host)
             if cfg.evals.in_train and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
                 run_eval(step)
-            saved = ckpt.save(step, state, train_iter)
+            saved = step % cfg.train.ckpt_every == 0 and ckpt.save(step, state, train_iter)
             if preempt.requested():
-                logging.info("SIGTERM: saving step %d and exiting", step)
+                log.info("SIGTERM: saving step %d and exiting", step)
                 if not saved:
-                    ckpt.save(step, state, train_iter, force=True)
+                    ckpt.save(step, state, train_iter)
                 break
         if pending is not None:
             check_finite(jax.device_get(pending))
         ckpt.wait()
         if int(state["step"]) not in ckpt.all_steps():
-            ckpt.save(int(state["step"]), state, train_iter, force=True)
+            ckpt.save(int(state["step"]), state, train_iter)
         if cfg.evals.in_train and int(state["step"]) == cfg.train.steps:
             run_eval(cfg.train.steps)
     except NonFiniteError as e:
         ckpt.wait()
-        logging.error("%s", e)
+        log.error("%s", e)
         sys.exit(f"error: {e}")
     finally:
         ckpt.wait()
@@ -288,9 +295,9 @@ def main(argv: list[str]) -> None:
         writer.close()
         bar.close()
         preempt.restore_handler()
-    logging.info("done at step %d", int(state["step"]))
+    log.info("done at step %d", int(state["step"]))
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
+    define_flags()
     app.run(main)

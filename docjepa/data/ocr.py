@@ -1,0 +1,502 @@
+"""Words, boxes and layout of document pages: the schema, and readers for PDFs and scans.
+
+Every producer of training text (PDF text layers, Tesseract, the synthetic generator)
+emits the same `Document`, serialised as versioned JSON (docs/ocr_schema.md). Coordinates
+are always pixels of the page image that travels with the document, origin top-left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+LAYOUT_CLASSES = ("title", "heading", "paragraph", "list", "table", "figure", "caption", "header", "footer", "page_number")
+# Boxes may poke out of the page by rounding; more than this is a producer bug.
+_BOX_SLACK = 1.0
+
+Box = tuple[float, float, float, float]
+log = logging.getLogger(__name__)
+
+
+class OcrSchemaError(ValueError):
+    """A document JSON that does not match the schema; the message starts with the field path."""
+
+
+class BadDocument(Exception):
+    """A source file that cannot become a training document; `reason` is a short code for counting."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    box: Box  # x0, y0, x1, y1 in page pixels
+    conf: float = 1.0  # 0..1
+    block: int = 0
+    line: int = 0
+    order: int = 0  # reading-order index within the page
+
+
+@dataclass(frozen=True)
+class LayoutElement:
+    cls: str  # one of LAYOUT_CLASSES
+    box: Box
+
+
+@dataclass
+class Page:
+    width: int
+    height: int
+    dpi: float
+    words: list[Word]
+    layout: list[LayoutElement] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    doc_id: str
+    source: str
+    pages: list[Page]
+    category: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        """Compact JSON; words are stored column-wise, which is about 3x smaller than one object per word."""
+        pages = []
+        for p in self.pages:
+            pages.append({
+                "width": p.width, "height": p.height, "dpi": p.dpi,
+                "words": {
+                    "text": [w.text for w in p.words],
+                    "box": [list(w.box) for w in p.words],
+                    "conf": [w.conf for w in p.words],
+                    "block": [w.block for w in p.words],
+                    "line": [w.line for w in p.words],
+                    "order": [w.order for w in p.words],
+                },
+                "layout": [{"cls": e.cls, "box": list(e.box)} for e in p.layout],
+            })
+        obj = {"schema_version": self.schema_version, "doc_id": self.doc_id, "source": self.source,
+               "category": self.category, "pages": pages}
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, s: str | bytes) -> Document:
+        """Parse and validate; any mismatch raises OcrSchemaError naming the field path."""
+        try:
+            obj = json.loads(s)
+        except ValueError as e:
+            raise OcrSchemaError(f"<root>: not valid JSON ({e})") from None
+        return _parse_document(obj)
+
+    def scaled(self, factors: Sequence[float], sizes: Sequence[tuple[int, int]] | None = None) -> Document:
+        """Rescale page i by factors[i], to follow its resized image.
+
+        `sizes` ((width, height) per page) sets the page sizes exactly, for images that were
+        also padded after resizing (patchify.resize_to_width pads short pages).
+        """
+        if len(factors) != len(self.pages) or (sizes is not None and len(sizes) != len(self.pages)):
+            raise ValueError(f"scaled: got {len(factors)} factors for {len(self.pages)} pages")
+        pages = []
+        for i, (p, f) in enumerate(zip(self.pages, factors)):
+            if not f > 0:
+                raise ValueError(f"scaled: factors[{i}]={f} must be > 0")
+            w, h = sizes[i] if sizes is not None else (max(1, round(p.width * f)), max(1, round(p.height * f)))
+            pages.append(Page(
+                width=int(w), height=int(h), dpi=round(p.dpi * f, 3),
+                words=[dataclasses.replace(wd, box=_scale_box(wd.box, f)) for wd in p.words],
+                layout=[dataclasses.replace(e, box=_scale_box(e.box, f)) for e in p.layout]))
+        return dataclasses.replace(self, pages=pages)
+
+    def page_text(self, i: int) -> str:
+        """All words of page i in reading order, space-joined (the page's alignment target)."""
+        return " ".join(w.text for w in sorted(self.pages[i].words, key=lambda w: w.order))
+
+
+def _scale_box(box: Box, f: float) -> Box:
+    return tuple(round(v * f, 2) for v in box)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _fail(path: str, msg: str) -> OcrSchemaError:
+    return OcrSchemaError(f"{path}: {msg}")
+
+
+def _get(obj: dict, key: str, path: str, types: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    if key not in obj:
+        if optional:
+            return None
+        raise _fail(f"{path}{key}", "missing")
+    v = obj[key]
+    if v is None and optional:
+        return None
+    # bool is an int subclass; it is never a valid number here.
+    if isinstance(v, bool) or not isinstance(v, types):
+        names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+        raise _fail(f"{path}{key}", f"expected {names}, got {type(v).__name__} {v!r:.40}")
+    return v
+
+
+def _check_keys(obj: Any, allowed: set[str], path: str) -> None:
+    if not isinstance(obj, dict):
+        raise _fail(path or "<root>", f"expected an object, got {type(obj).__name__}")
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise _fail(f"{path}{extra[0]}", "unknown field (a newer schema_version?)")
+
+
+def _box(v: Any, path: str, width: int, height: int) -> Box:
+    if not isinstance(v, list) or len(v) != 4 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise _fail(path, f"expected [x0, y0, x1, y1] numbers, got {v!r:.60}")
+    x0, y0, x1, y1 = (float(x) for x in v)
+    if not all(math.isfinite(x) for x in (x0, y0, x1, y1)):
+        raise _fail(path, f"non-finite coordinate in {v}")
+    if x1 < x0 or y1 < y0:
+        raise _fail(path, f"x1 < x0 or y1 < y0 in {v}")
+    if x0 < -_BOX_SLACK or y0 < -_BOX_SLACK or x1 > width + _BOX_SLACK or y1 > height + _BOX_SLACK:
+        raise _fail(path, f"{v} lies outside the {width}x{height} page")
+    return (x0, y0, x1, y1)
+
+
+def _parse_document(obj: Any) -> Document:
+    _check_keys(obj, {"schema_version", "doc_id", "source", "category", "pages"}, "")
+    version = _get(obj, "schema_version", "", int)
+    if version != SCHEMA_VERSION:
+        raise _fail("schema_version", f"unsupported version {version} (this reader knows {SCHEMA_VERSION})")
+    doc_id = _get(obj, "doc_id", "", str)
+    if not doc_id:
+        raise _fail("doc_id", "empty")
+    source = _get(obj, "source", "", str)
+    category = _get(obj, "category", "", str, optional=True)
+    pages = [_parse_page(p, f"pages[{i}].") for i, p in enumerate(_get(obj, "pages", "", list))]
+    return Document(doc_id=doc_id, source=source, pages=pages, category=category, schema_version=version)
+
+
+def _parse_page(obj: Any, path: str) -> Page:
+    _check_keys(obj, {"width", "height", "dpi", "words", "layout"}, path)
+    width, height = _get(obj, "width", path, int), _get(obj, "height", path, int)
+    if width <= 0 or height <= 0:
+        raise _fail(f"{path}width", f"page size must be positive, got {width}x{height}")
+    dpi = float(_get(obj, "dpi", path, (int, float)))
+    if not (math.isfinite(dpi) and dpi >= 0):
+        raise _fail(f"{path}dpi", f"must be >= 0, got {dpi}")
+    cols = _get(obj, "words", path, dict)
+    _check_keys(cols, {"text", "box", "conf", "block", "line", "order"}, f"{path}words.")
+    lists = {k: _get(cols, k, f"{path}words.", list) for k in ("text", "box", "conf", "block", "line", "order")}
+    n = len(lists["text"])
+    for k, v in lists.items():
+        if len(v) != n:
+            raise _fail(f"{path}words.{k}", f"has {len(v)} entries, words.text has {n}")
+    words = []
+    for j in range(n):
+        wp = f"{path}words[{j}]."
+        text = lists["text"][j]
+        if not isinstance(text, str) or not text.strip():
+            raise _fail(f"{wp}text", f"expected a non-empty string, got {text!r:.40}")
+        conf = lists["conf"][j]
+        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
+            raise _fail(f"{wp}conf", f"expected a number in [0, 1], got {conf!r}")
+        ints = []
+        for k in ("block", "line", "order"):
+            v = lists[k][j]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise _fail(f"{wp}{k}", f"expected an int >= 0, got {v!r}")
+            ints.append(v)
+        words.append(Word(text, _box(lists["box"][j], f"{wp}box", width, height), float(conf), *ints))
+    layout = []
+    for j, e in enumerate(_get(obj, "layout", path, list, optional=True) or []):
+        ep = f"{path}layout[{j}]."
+        _check_keys(e, {"cls", "box"}, ep)
+        c = _get(e, "cls", ep, str)
+        if c not in LAYOUT_CLASSES:
+            raise _fail(f"{ep}cls", f"{c!r} is not one of {', '.join(LAYOUT_CLASSES)}")
+        layout.append(LayoutElement(c, _box(e.get("box"), f"{ep}box", width, height)))
+    return Page(width=width, height=height, dpi=dpi, words=words, layout=layout)
+
+
+# ----------------------------------------------------------------------------- Tesseract
+
+
+def tesseract_words(image: np.ndarray, lang: str = "eng") -> list[Word]:
+    """Words of an RGB/gray page image via Tesseract's TSV output, in Tesseract's reading order."""
+    import pytesseract
+
+    try:
+        data = pytesseract.image_to_data(np.ascontiguousarray(image), lang=lang, output_type=pytesseract.Output.DICT)
+    except pytesseract.TesseractError as e:
+        raise BadDocument("unreadable_image", f"tesseract failed: {e}") from None
+    h, w = image.shape[:2]
+    words: list[Word] = []
+    line_ids: dict[tuple[int, int, int], int] = {}
+    for i, text in enumerate(data["text"]):
+        text = (text or "").strip()
+        conf = float(data["conf"][i])
+        if data["level"][i] != 5 or not text or conf < 0:
+            continue
+        key = (data["block_num"][i], data["par_num"][i], data["line_num"][i])
+        line = line_ids.setdefault(key, len(line_ids))
+        x0, y0 = float(data["left"][i]), float(data["top"][i])
+        box = (max(0.0, x0), max(0.0, y0), min(float(w), x0 + data["width"][i]), min(float(h), y0 + data["height"][i]))
+        block = max(0, int(data["block_num"][i]) - 1)  # Tesseract counts blocks from 1
+        words.append(Word(text, box, min(conf / 100.0, 1.0), block, line, len(words)))
+    return words
+
+
+# ----------------------------------------------------------------------------- PDF
+
+
+def _pdf_words(page: Any, scale: float) -> list[Word]:
+    """Group the text layer's characters into words (split at whitespace), lines and blocks.
+
+    PDFium emits characters in content order (our reading order) and inserts generated CR/LF
+    between the lines it detects; a baseline jump of more than half the font size also starts
+    a new line, and a gap of more than one line height below the previous line a new block.
+    """
+    import ctypes
+
+    import pypdfium2.raw as pdfium_c
+
+    l, b, r, t = page.get_cropbox()
+    rot = page.get_rotation() % 360
+    w0, h0 = (r - l) * scale, (t - b) * scale
+    pw, ph = (h0, w0) if rot in (90, 270) else (w0, h0)
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        u, v = (x - l) * scale, (t - y) * scale
+        return {0: (u, v), 90: (h0 - v, u), 180: (w0 - u, h0 - v), 270: (v, w0 - u)}[rot]
+
+    words: list[Word] = []
+    chars: list[str] = []
+    box: list[float] = []  # the current word's box
+    line = block = 0
+    base: float | None = None  # baseline of the current line (pixels); None before its first char
+    line_box: list[float] = []  # top, bottom of the current line
+    prev_bottom: float | None = None
+    ox, oy = ctypes.c_double(), ctypes.c_double()
+
+    def flush() -> None:
+        text = "".join(chars).strip()
+        if text and box[2] > 0 and box[3] > 0 and box[0] < pw and box[1] < ph:
+            clipped = (max(0.0, box[0]), max(0.0, box[1]), min(pw, box[2]), min(ph, box[3]))
+            words.append(Word(text, tuple(round(v, 2) for v in clipped), 1.0, block, line, len(words)))
+        chars.clear()
+        box.clear()
+
+    def end_line() -> None:
+        nonlocal line, base, prev_bottom
+        flush()
+        if base is not None:
+            line += 1
+            prev_bottom = line_box[1]
+        base = None
+
+    tp = page.get_textpage()
+    try:
+        for i in range(tp.count_chars()):
+            ch = chr(pdfium_c.FPDFText_GetUnicode(tp, i))
+            if ch in "\r\n":
+                end_line()
+                continue
+            if pdfium_c.FPDFText_IsHyphen(tp, i):  # a line-end hyphen, reported as a control char
+                ch = "-"
+            elif ch.isspace() or unicodedata.category(ch) in ("Cc", "Cn", "Cs"):
+                flush()
+                continue
+            x0, y0, x1, y1 = tp.get_charbox(i)
+            (ax, ay), (bx, by) = to_px(x0, y0), to_px(x1, y1)
+            cb = (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
+            pdfium_c.FPDFText_GetCharOrigin(tp, i, ox, oy)
+            baseline = to_px(ox.value, oy.value)[1]
+            size = max(pdfium_c.FPDFText_GetFontSize(tp, i) * scale, 1.0)
+            if base is not None and abs(baseline - base) > 0.5 * size:
+                end_line()
+            if base is None:
+                if prev_bottom is not None and cb[1] - prev_bottom > size:
+                    block += 1
+                base = baseline
+                line_box[:] = [cb[1], cb[3]]
+            line_box[:] = [min(line_box[0], cb[1]), max(line_box[1], cb[3])]
+            chars.append(ch)
+            box[:] = [min(box[0], cb[0]), min(box[1], cb[1]), max(box[2], cb[2]), max(box[3], cb[3])] if box else list(cb)
+        flush()
+        return words
+    finally:
+        tp.close()
+
+
+def _check_pixels(width: float, height: float, max_pixels: int, where: str) -> None:
+    if width * height > max_pixels:
+        raise BadDocument("too_many_pixels", f"{where} is {int(width)}x{int(height)} > max_pixels={max_pixels}")
+
+
+def _require_pages(n: int, max_pages: int, path: Path) -> int:
+    if n == 0:
+        raise BadDocument("no_pages", str(path))
+    if n > max_pages:
+        log.warning("%s: %d pages, keeping the first %d (max_pages)", path, n, max_pages)
+    return min(n, max_pages)
+
+
+def _require_text(doc: Document, path: Path) -> None:
+    if not any(p.words for p in doc.pages):
+        raise BadDocument("no_text", f"{path}: no words on any page")
+
+
+def _pdf_load_failure(data: bytes) -> str:
+    """Why PDFium refused a file that starts like a PDF.
+
+    PDFium's last-error code is process-global and not reset by a failed load that sets none
+    (e.g. an empty page tree), so the bytes decide.
+    """
+    if b"/Encrypt" in data:  # the trailer (or xref stream) names a security handler we lack the password for
+        return "encrypted_pdf"
+    counts = re.findall(rb"/Count\s+(\d+)", data)
+    if counts and not any(int(c) for c in counts):
+        return "no_pages"
+    return "truncated_pdf"  # cut short, or damaged beyond PDFium's repair
+
+
+def read_pdf(path: str | Path, *, dpi: float, max_pages: int, max_pixels: int,
+             lang: str = "eng") -> tuple[Document, list[np.ndarray]]:
+    """Render a PDF at `dpi`; words from its text layer, or Tesseract for pages without one."""
+    import pypdfium2 as pdfium
+
+    path = Path(path)
+    data = _read_head(path)
+    if b"%PDF-" not in data[:1024]:
+        raise BadDocument("not_a_pdf", f"{path}: no %PDF- header")
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as e:
+        raise BadDocument(_pdf_load_failure(data), f"{path}: {e}") from None
+    try:
+        n = _require_pages(len(pdf), max_pages, path)
+        scale = dpi / 72.0
+        for i in range(n):  # before rendering anything
+            w, h = pdf.get_page_size(i)
+            _check_pixels(w * scale, h * scale, max_pixels, f"{path} page {i}")
+        pages, images = [], []
+        for i in range(n):
+            page = pdf[i]
+            try:
+                img = page.render(scale=scale, rev_byteorder=True).to_numpy()
+                img = np.ascontiguousarray(img[..., :3]) if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
+                words = _pdf_words(page, scale)
+            except pdfium.PdfiumError as e:
+                raise BadDocument("truncated_pdf", f"{path} page {i}: {e}") from None
+            finally:
+                page.close()
+            if not words:
+                words = tesseract_words(img, lang)
+            pages.append(Page(width=img.shape[1], height=img.shape[0], dpi=float(dpi), words=words))
+            images.append(img)
+    finally:
+        pdf.close()
+    doc = Document(doc_id=path.stem, source=str(path), pages=pages)
+    _require_text(doc, path)
+    return doc, images
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def read_image(path: str | Path, *, max_pages: int, max_pixels: int,
+               lang: str = "eng") -> tuple[Document, list[np.ndarray]]:
+    """A scanned page (PNG/JPEG/...) or a multi-page TIFF, OCRed with Tesseract."""
+    from PIL import Image, ImageOps
+
+    # Pillow's own decompression-bomb guard stays on as a backstop; it must not reject what
+    # the caller's cap allows.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    path = Path(path)
+    _read_head(path, 0)
+    try:
+        with Image.open(path) as im:
+            n = _require_pages(getattr(im, "n_frames", 1), max_pages, path)
+            for i in range(n):  # header sizes only: no pixels are decoded yet
+                im.seek(i)
+                _check_pixels(im.width, im.height, max_pixels, f"{path} frame {i}")
+            pages, images = [], []
+            for i in range(n):
+                im.seek(i)
+                dpi = round(float(im.info.get("dpi", (0.0, 0.0))[0]), 1)  # PNG stores pixels per metre
+                img = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+                pages.append(Page(width=img.shape[1], height=img.shape[0], dpi=dpi,
+                                  words=tesseract_words(img, lang)))
+                images.append(img)
+    except Image.DecompressionBombError as e:
+        raise BadDocument("too_many_pixels", f"{path}: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for unknown/broken files
+        raise BadDocument("unreadable_image", f"{path}: {e}") from None
+    doc = Document(doc_id=path.stem, source=str(path), pages=pages)
+    _require_text(doc, path)
+    return doc, images
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _read_head(path: Path, n: int | None = None) -> bytes:
+    """The first `n` bytes (all if None); BadDocument for empty or unreadable files."""
+    try:
+        if path.stat().st_size == 0:
+            raise BadDocument("zero_bytes", str(path))
+        with open(path, "rb") as f:
+            return f.read(-1 if n is None else n)
+    except OSError as e:
+        raise BadDocument("unreadable_image", f"{path}: {e.strerror or e}") from None
+
+
+# (magic prefix, reader), tried first; then the suffix decides (so that a broken file named
+# .pdf is reported as a PDF problem).
+_MAGIC: list[tuple[bytes, str]] = [
+    (b"%PDF-", "pdf"), (b"\x89PNG", "image"), (b"\xff\xd8\xff", "image"), (b"II*\x00", "image"),
+    (b"MM\x00*", "image"), (b"GIF8", "image"), (b"BM", "image"), (b"RIFF", "image"),
+]
+_SUFFIX = {".pdf": "pdf", ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image",
+           ".tiff": "image", ".gif": "image", ".bmp": "image", ".webp": "image"}
+
+
+def _pdf_reader(path: Path, dpi: float, max_pages: int, max_pixels: int, lang: str) -> tuple[Document, list[np.ndarray]]:
+    return read_pdf(path, dpi=dpi, max_pages=max_pages, max_pixels=max_pixels, lang=lang)
+
+
+def _image_reader(path: Path, dpi: float, max_pages: int, max_pixels: int, lang: str) -> tuple[Document, list[np.ndarray]]:
+    del dpi  # scans come with their own resolution
+    return read_image(path, max_pages=max_pages, max_pixels=max_pixels, lang=lang)
+
+
+READERS: dict[str, Callable[..., tuple[Document, list[np.ndarray]]]] = {"pdf": _pdf_reader, "image": _image_reader}
+SUFFIXES = tuple(sorted(_SUFFIX))
+
+
+def read_document(path: str | Path, *, dpi: float = 100, max_pages: int = 32, max_pixels: int = 40_000_000,
+                  lang: str = "eng") -> tuple[Document, list[np.ndarray]]:
+    """Read any supported file (by magic bytes, then suffix); BadDocument on anything unreadable."""
+    path = Path(path)
+    head = _read_head(path, 1024)
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+    if kind is None and b"%PDF-" in head:  # PDFs may carry junk before the header
+        kind = "pdf"
+    kind = kind or _SUFFIX.get(path.suffix.lower())
+    if kind is None:
+        raise BadDocument("unreadable_image", f"{path}: unknown file type")
+    return READERS[kind](path, dpi, max_pages, max_pixels, lang)
