@@ -62,7 +62,7 @@ def decay_mask(abstract_params: nnx.State, no_decay_axes: tuple[str, ...] = ("no
 
     def one(v: nnx.Variable) -> bool:
         axes = v.get_metadata().get("out_sharding") or ()
-        return v.value.ndim >= 2 and not any(a in no_decay_axes for a in axes)
+        return v.get_value().ndim >= 2 and not any(a in no_decay_axes for a in axes)
 
     return nnx.to_pure_dict(jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
