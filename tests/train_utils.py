@@ -1,0 +1,75 @@
+"""Helpers for tests that run the real entry points in subprocesses on a tiny corpus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small, fast training setup: 2 examples of 4 patches per step, tiny Hiera, no in-train eval.
+FAST = [
+    "--config", "configs/demo.py:quick",
+    "--config.data.batch_size=2", "--config.data.max_steps=4", "--config.data.max_pages=2",
+    "--config.train.log_every=1", "--config.evals.in_train=()", "--config.optim.warmup_steps=0",
+    "--config.model.ttm.memory_size=16", "--config.model.ttm.num_read=4", "--config.model.ttm.num_layers=1",
+]
+
+
+def env(devices: int = 1, cache: Path | None = None) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    if cache is not None:  # compiled steps are reused by the restart runs of a test
+        e.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return e
+
+
+def prepare(out: Path, source: str = "synth:8") -> Path:
+    cmd = [sys.executable, "-m", "docjepa.prepare", "--config", "configs/demo.py:quick", "--source", source,
+           "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, env=env(), check=True, capture_output=True, timeout=900)
+    return out
+
+
+def train_cmd(data: Path, workdir: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "docjepa.train", *FAST, f"--config.data.dir={data}", f"--workdir={workdir}",
+            f"--config.train.steps={steps}", *extra]
+
+
+def run(cmd: list[str], devices: int = 1, cache: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=env(devices, cache), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Block until metrics.jsonl records `step` (the run logs every step)."""
+    path = workdir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        if path.exists() and any(f'"step": {step},' in line for line in path.read_text().splitlines()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def load_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
+    """The saved parameters of `step`, flattened to {path: array}, read without a target."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree["params"])
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
