@@ -46,8 +46,8 @@ def maybe_initialize_distributed() -> None:
         return
     coord = os.environ.get("DOCJEPA_COORDINATOR")
     if coord:
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # Only affects the CPU backend; must be set before any backend is initialised.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=coord,
             num_processes=int(os.environ["DOCJEPA_NUM_PROCESSES"]),
@@ -104,7 +104,7 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
     def one(x: Any) -> NamedSharding:
         if isinstance(x, nnx.Variable):
             logical = x.get_metadata().get("out_sharding")
-            return x.replace(NamedSharding(mesh, logical_to_mesh_spec(logical, x.value.shape, mesh)))
+            return x.replace(NamedSharding(mesh, logical_to_mesh_spec(logical, x.get_value().shape, mesh)))
         return NamedSharding(mesh, P())
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -1,0 +1,467 @@
+"""Documents -> ArrayRecord shards of training records (see docs/data.md for the format).
+
+Work is split so that the output is a pure function of (config, source): the source's items
+are listed and sorted up front, each goes to train or val by a hash of its doc_id, and each
+split is cut into fixed shards of `shard_docs` items. CPU workers read/OCR/render items in
+order; the main process embeds every text of a shard with the frozen encoder and writes the
+shard to a temporary file that is renamed when complete, next to a small JSON of its counts.
+A second run skips complete shards and rebuilds manifest.json and rejected.jsonl from them.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import ml_collections as mlc
+import numpy as np
+from tqdm import tqdm
+
+from docjepa.data import ocr, patchify
+from docjepa.data.record import encode_record
+
+MANIFEST_VERSION = 1
+SPLITS = ("train", "val")
+
+
+class PrepareError(ValueError):
+    """A bad prepare config or source; the message names the field or path."""
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    doc_id: str
+    locator: Any  # what the source's reader needs (index, path, TFDS key); picklable
+
+
+class Source:
+    """A list of documents known up front, readable one at a time in a worker process."""
+
+    name = ""
+    categories: tuple[str, ...] = ()
+
+    def items(self) -> list[Item]:
+        raise NotImplementedError
+
+    def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
+        raise NotImplementedError
+
+
+class SynthSource(Source):
+    """`synth:N`: documents 0..N-1 of the synthetic generator (exact words, boxes, layout)."""
+
+    def __init__(self, count: int, seed: int):
+        from docjepa.data import synth
+
+        self.count, self.seed = count, seed
+        self.name = f"synth:{count}"
+        self.categories = tuple(synth.CATEGORIES)
+
+    def items(self) -> list[Item]:
+        return [Item(f"synth-{self.seed}-{i:07d}", i) for i in range(self.count)]
+
+    def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
+        from docjepa.data import synth
+
+        return synth.generate(item.locator, seed=self.seed, max_pages=min(4, cfg["max_pages"]))
+
+
+class DirSource(Source):
+    """A directory (searched recursively) of PDFs and page images; sub-directories are categories."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        self.name = str(self.root)
+        self._files = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                             if p.is_file() and p.suffix.lower() in ocr.SUFFIXES)
+        if not self._files:
+            raise PrepareError(f"prepare.source: {root} holds no {'/'.join(ocr.SUFFIXES)} files")
+        self.categories = tuple(sorted({f.split("/")[0] for f in self._files if "/" in f}))
+
+    def items(self) -> list[Item]:
+        return [Item(f, str(self.root / f)) for f in self._files]
+
+    def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
+        doc, pages = ocr.read_document(item.locator, dpi=cfg["dpi"], max_pages=cfg["max_pages"],
+                                       max_pixels=cfg["max_pixels"], lang=cfg["ocr_lang"])
+        category = item.doc_id.split("/")[0] if "/" in item.doc_id else None
+        return dataclasses.replace(doc, doc_id=item.doc_id, category=category), pages
+
+
+class TfdsSource(Source):
+    """`tfds:NAME[:SPLIT][@DATA_DIR]`: a TFDS dataset prepared as array_record.
+
+    Examples with `ocr_json` + `pages_png` (the DocjepaDocs builder) keep their words; examples
+    with only an image (`image`, RVL-CDIP-like, optionally with a ClassLabel `label`) go
+    through Tesseract.
+    """
+
+    IMAGE_FIELDS = ("pages_png", "image", "png", "image_bytes")
+
+    def __init__(self, spec: str):
+        import tensorflow_datasets as tfds
+
+        rest, _, data_dir = spec.partition("@")
+        name, _, split = rest.partition(":")
+        self.dataset, self.split, self.data_dir = name, split or "train", data_dir or None
+        self.name = f"tfds:{self.dataset}:{self.split}"
+        try:
+            builder = tfds.builder(name, data_dir=self.data_dir)
+            info = builder.info
+            n = info.splits[self.split].num_examples
+        except Exception as e:  # tfds raises many types; one line naming the dataset is enough
+            raise PrepareError(f"prepare.source: cannot open {self.name} ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if n == 0:
+            raise PrepareError(f"prepare.source: {self.name} has no examples")
+        feats = info.features
+        self.image_field = next((f for f in self.IMAGE_FIELDS if f in feats), None)
+        if self.image_field is None:
+            raise PrepareError(f"prepare.source: {self.name} has no image field (one of {self.IMAGE_FIELDS})")
+        label = feats["label"] if "label" in feats else None
+        self.categories = tuple(label.names) if isinstance(label, tfds.features.ClassLabel) else ()
+        self.count = n
+        self._ds = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ds": None}  # each worker opens its own reader
+
+    def items(self) -> list[Item]:
+        return [Item(f"{self.dataset}/{self.split}/{i:08d}", i) for i in range(self.count)]
+
+    def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
+        import tensorflow_datasets as tfds
+
+        if self._ds is None:
+            self._ds = tfds.data_source(self.dataset, split=self.split, data_dir=self.data_dir)
+        ex = self._ds[item.locator]
+        blobs = ex[self.image_field]
+        blobs = [blobs] if isinstance(blobs, bytes) else list(blobs)
+        pages = [_decode_image(b, item.doc_id, cfg["max_pixels"]) for b in blobs[: cfg["max_pages"]]]
+        category = None
+        if self.categories and "label" in ex:
+            category = self.categories[int(ex["label"])]
+        if "ocr_json" in ex:
+            doc = ocr.Document.from_json(ex["ocr_json"])
+            doc = dataclasses.replace(doc, pages=doc.pages[: len(pages)])
+        else:
+            doc = ocr.Document(doc_id=item.doc_id, source=self.name, pages=[
+                ocr.Page(width=p.shape[1], height=p.shape[0], dpi=0.0, words=ocr.tesseract_words(p, cfg["ocr_lang"]))
+                for p in pages])
+        return dataclasses.replace(doc, doc_id=item.doc_id, category=category or doc.category), pages
+
+
+def _decode_image(blob: bytes, where: str, max_pixels: int) -> np.ndarray:
+    bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ocr.BadDocument("unreadable_image", where)
+    if bgr.shape[0] * bgr.shape[1] > max_pixels:
+        raise ocr.BadDocument("too_many_pixels", f"{where}: {bgr.shape[1]}x{bgr.shape[0]}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _synth(arg: str, seed: int) -> Source:
+    if not arg.isdigit() or int(arg) < 1:
+        raise PrepareError(f"prepare.source: synth:N needs a positive integer N, got {arg!r}")
+    return SynthSource(int(arg), seed)
+
+
+# Source registry: "prefix:" -> constructor(rest, seed); anything else is a directory.
+SOURCES: dict[str, Callable[[str, int], Source]] = {
+    "synth": _synth,
+    "tfds": lambda rest, seed: TfdsSource(rest),
+}
+
+
+def make_source(spec: str, seed: int = 0) -> Source:
+    """Parse `synth:N`, `tfds:NAME[:SPLIT][@DATA_DIR]`, or a directory path."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in SOURCES:
+        return SOURCES[prefix](rest, seed)
+    if not os.path.isdir(spec):
+        raise PrepareError(f"prepare.source: {spec!r} is not a directory, synth:N or tfds:NAME")
+    return DirSource(spec)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def validate(cfg: mlc.ConfigDict) -> None:
+    """One clear error per bad field, before any work is done."""
+    p = cfg.prepare
+
+    def need(ok: bool, field: str, msg: str) -> None:
+        if not ok:
+            raise PrepareError(f"{field}: {msg}")
+
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need(integer(p.window) and p.window > 0, "prepare.window", "must be a positive integer")
+    need(integer(p.stride) and 0 < p.stride <= p.window, "prepare.stride", "must be in (0, window]")
+    need(integer(p.page_width) and p.page_width >= p.window, "prepare.page_width", "must be an integer >= window")
+    need(p.dpi > 0, "prepare.dpi", "must be > 0")
+    need(integer(p.max_pages) and p.max_pages >= 1, "prepare.max_pages", "must be an integer >= 1")
+    need(integer(p.max_pixels) and p.max_pixels >= p.window * p.window, "prepare.max_pixels",
+         "must be an integer >= window * window")
+    need(0 <= p.val_fraction < 1, "prepare.val_fraction", "must be in [0, 1)")
+    need(integer(p.shard_docs) and p.shard_docs >= 1, "prepare.shard_docs", "must be an integer >= 1")
+    need(integer(p.workers) and p.workers >= 0, "prepare.workers", "must be an integer >= 0")
+    need(isinstance(p.source, str) and bool(p.source), "prepare.source", "must be a non-empty string")
+    need(cfg.text.pooling in ("mean", "cls"), "text.pooling", "must be 'mean' or 'cls'")
+    need(integer(cfg.text.batch_size) and cfg.text.batch_size >= 1, "text.batch_size", "must be an integer >= 1")
+    need(integer(cfg.text.max_length) and cfg.text.max_length >= 2, "text.max_length", "must be an integer >= 2")
+
+
+def _settings(cfg: mlc.ConfigDict) -> dict[str, Any]:
+    """The config that determines shard contents (not `workers`); stored with every shard."""
+    prep = {k: v for k, v in cfg.prepare.to_dict().items() if k != "workers"}
+    return {"seed": cfg.seed, "prepare": prep, "text": cfg.text.to_dict()}
+
+
+def split_of(doc_id: str, val_fraction: float) -> str:
+    """Stable train/val assignment from a hash of the doc_id."""
+    return "val" if (zlib.crc32(doc_id.encode()) % 10_000) < val_fraction * 10_000 else "train"
+
+
+def text_id(text: str) -> int:
+    """crc32 of the whitespace-normalised text (31 bits), -1 for empty text."""
+    norm = " ".join(text.split())
+    return zlib.crc32(norm.encode()) & 0x7FFFFFFF if norm else -1
+
+
+# ----------------------------------------------------------------------------- one document
+
+
+def process_document(source: Source, item: Item, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Read one document and cut it into windows; everything but the text embeddings.
+
+    Returns {"doc": fields} or {"rejected": [entry]}; page-level rejections ride along in
+    "rejected" next to "doc". Never raises for a bad document.
+    """
+    where = str(item.locator) if isinstance(item.locator, str) else item.doc_id
+    try:
+        doc, images = source.read(item, cfg)
+        keep = [i for i in range(len(doc.pages)) if doc.page_text(i).strip()]
+        rejected = [{"file": where, "reason": "no_text", "detail": f"page {i}"}
+                    for i in range(len(doc.pages)) if i not in keep]
+        if not keep:
+            return {"rejected": [{"file": where, "reason": "no_text", "detail": "no page has text"}]}
+        doc = dataclasses.replace(doc, pages=[doc.pages[i] for i in keep])
+        resized, scales = zip(*(patchify.resize_to_width(images[i], cfg["page_width"], cfg["window"]) for i in keep))
+        doc = doc.scaled(scales, [(im.shape[1], im.shape[0]) for im in resized])
+        windows, window_text, window_nwords, pngs = [], [], [], []
+        for i, (page, image) in enumerate(zip(doc.pages, resized)):
+            boxes = patchify.window_boxes(image.shape[0], image.shape[1], cfg["window"], cfg["stride"])
+            windows.append(np.concatenate([np.full((len(boxes), 1), i, np.int32), boxes], axis=1))
+            window_text += patchify.window_texts(page.words, boxes)
+            window_nwords += [len(ix) for ix in patchify.assign_words(page.words, boxes)]
+            ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise ValueError(f"page {i}: PNG encoding failed")
+            pngs.append(png.tobytes())
+        category = doc.category or ""
+        fields = {
+            "doc_id": item.doc_id, "source": doc.source, "category": category,
+            "category_id": source.categories.index(category) if category in source.categories else -1,
+            "pages_png": pngs, "ocr_json": doc.to_json().encode(),
+            "windows": np.concatenate(windows).astype(np.int32),
+            "window_text": window_text, "window_nwords": np.asarray(window_nwords, np.int32),
+            "page_text": [doc.page_text(i) for i in range(len(doc.pages))],
+            "page_nwords": np.asarray([len(p.words) for p in doc.pages], np.int32),
+        }
+        return {"doc": fields, "rejected": rejected}
+    except ocr.BadDocument as e:
+        return {"rejected": [{"file": where, "reason": e.reason, "detail": e.detail}]}
+    except Exception as e:  # one bad document must never stop a run
+        return {"rejected": [{"file": where, "reason": f"error:{type(e).__name__}", "detail": str(e)[:500]}]}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(source: Source, cfg: dict[str, Any]) -> None:
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # Tesseract: one thread per worker process
+    cv2.setNumThreads(1)
+    _WORKER.update(source=source, cfg=cfg)
+
+
+def _work(item: Item) -> dict[str, Any]:
+    return process_document(_WORKER["source"], item, _WORKER["cfg"])
+
+
+def _processed(source: Source, items: Sequence[Item], cfg: dict[str, Any], workers: int) -> Iterator[dict[str, Any]]:
+    """process_document over `items`, in order, with a bounded number in flight."""
+    if workers <= 1:
+        yield from (process_document(source, it, cfg) for it in items)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(source, cfg)) as pool:
+        pending: collections.deque[cf.Future] = collections.deque()
+        for item in items:
+            pending.append(pool.submit(_work, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+@dataclasses.dataclass
+class Shard:
+    split: str
+    index: int
+    count: int
+    items: list[Item]
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}"
+
+
+def plan_shards(items: Sequence[Item], val_fraction: float, shard_docs: int) -> list[Shard]:
+    """Fixed shard membership from the sorted item list (stable across runs and workers)."""
+    shards = []
+    for split in SPLITS:
+        members = sorted((it for it in items if split_of(it.doc_id, val_fraction) == split), key=lambda it: it.doc_id)
+        n = math.ceil(len(members) / shard_docs)
+        shards += [Shard(split, k, n, members[k * shard_docs : (k + 1) * shard_docs]) for k in range(n)]
+    return shards
+
+
+class _Embedder:
+    """The frozen text encoder, loaded on first use (a fully resumed run never loads it)."""
+
+    def __init__(self, text_cfg: mlc.ConfigDict, encoder: Any = None):
+        self._cfg, self._enc = text_cfg, encoder
+
+    @property
+    def encoder(self):
+        if self._enc is None:
+            from docjepa.text import TextEncoder
+
+            c = self._cfg
+            self._enc = TextEncoder.from_pretrained(c.model_dir or None, pooling=c.pooling,
+                                                    normalize=c.normalize, max_length=c.max_length)
+        return self._enc
+
+    def info(self) -> dict[str, Any]:
+        e = self.encoder
+        return {"name": e.name, "dim": int(e.dim), "pooling": e.pooling, "max_length": int(e.max_length)}
+
+    def embed(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Unique texts, sorted so that batches do not depend on document order -> float16 rows."""
+        unique = sorted(set(texts))
+        emb, _ = self.encoder.embed(unique, batch_size=self._cfg.batch_size, progress=False)
+        return dict(zip(unique, emb.astype(np.float16)))
+
+
+def _write_shard(out: Path, shard: Shard, results: list[dict[str, Any]], embedder: _Embedder,
+                 settings: dict[str, Any]) -> dict[str, Any]:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    docs = [r["doc"] for r in results if "doc" in r]
+    rejected = [e for r in results for e in r["rejected"]]
+    table = embedder.embed([t for d in docs for t in d["window_text"] + d["page_text"]]) if docs else {}
+    tmp = out / f"{shard.name}.array_record.tmp"
+    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    pages = windows = 0
+    for d in docs:
+        rec = dict(d, split=shard.split)
+        for kind in ("window", "page"):
+            texts = d[f"{kind}_text"]
+            rec[f"{kind}_text_id"] = np.asarray([text_id(t) for t in texts], np.int32)
+            rec[f"{kind}_emb"] = np.stack([table[t] for t in texts]).astype(np.float16)
+        writer.write(encode_record(rec))
+        pages += len(d["pages_png"])
+        windows += len(d["windows"])
+    writer.close()
+    stats = {"name": shard.name, "split": shard.split, "documents": len(docs), "pages": pages,
+             "windows": windows, "rejected": rejected, "settings": settings,
+             "encoder": embedder.info() if docs else None}
+    meta = out / f"{shard.name}.json"
+    (out / f"{shard.name}.json.tmp").write_text(json.dumps(stats))
+    os.replace(out / f"{shard.name}.json.tmp", meta)
+    os.replace(tmp, out / f"{shard.name}.array_record")  # the shard is complete once this exists
+    return stats
+
+
+def _complete(out: Path, shard: Shard, settings: dict[str, Any]) -> dict[str, Any] | None:
+    meta = out / f"{shard.name}.json"
+    if not ((out / f"{shard.name}.array_record").is_file() and meta.is_file()):
+        return None
+    stats = json.loads(meta.read_text())
+    if stats.get("settings") != settings:
+        raise PrepareError(f"{meta}: written with a different config; use a new --out directory")
+    return stats
+
+
+def _manifest(out: Path, source: Source, stats: list[dict[str, Any]], settings: dict[str, Any],
+              embedder: _Embedder) -> dict[str, Any]:
+    encoders = {json.dumps(s["encoder"], sort_keys=True) for s in stats if s["encoder"]}
+    if len(encoders) > 1:
+        raise PrepareError(f"{out}: shards were embedded with different text encoders: {sorted(encoders)}")
+    encoder = json.loads(encoders.pop()) if encoders else embedder.info()
+    splits = {}
+    for split in SPLITS:
+        ss = [s for s in stats if s["split"] == split]
+        splits[split] = {"files": [f"{s['name']}.array_record" for s in ss if s["documents"]],
+                         **{k: sum(s[k] for s in ss) for k in ("documents", "pages", "windows")}}
+    rejected = [e for s in stats for e in s["rejected"]]
+    p = settings["prepare"]
+    manifest = {
+        "version": MANIFEST_VERSION, "source": source.name, "config": settings, "encoder": encoder,
+        "splits": splits, "categories": list(source.categories),
+        "rejected": dict(sorted(collections.Counter(e["reason"] for e in rejected).items())),
+        "window": p["window"], "stride": p["stride"], "page_width": p["page_width"],
+    }
+    with open(out / "rejected.jsonl", "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in rejected)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder: Any = None) -> dict[str, Any]:
+    """Write (or complete) the shards for cfg.prepare.source under out_dir; returns the manifest.
+
+    `encoder`: an already loaded docjepa.text.TextEncoder matching cfg.text, to reuse its
+    compiled functions across calls; by default it is loaded from cfg.text when first needed.
+    """
+    validate(cfg)
+    source = make_source(cfg.prepare.source, cfg.seed)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out: {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(cfg)
+    shards = plan_shards(source.items(), cfg.prepare.val_fraction, cfg.prepare.shard_docs)
+    done = {s.name: st for s in shards if (st := _complete(out, s, settings)) is not None}
+    todo = [s for s in shards if s.name not in done]
+    embedder = _Embedder(cfg.text, encoder)
+    work_cfg = {k: cfg.prepare[k] for k in ("page_width", "window", "stride", "dpi", "max_pages",
+                                             "max_pixels", "ocr_lang")}
+    results = _processed(source, [it for s in todo for it in s.items], work_cfg, cfg.prepare.workers)
+    total = sum(len(s.items) for s in todo)
+    with tqdm(total=total, desc=f"prepare {source.name}", unit="doc", disable=not progress) as bar:
+        for shard in todo:
+            batch = []
+            for _ in shard.items:
+                batch.append(next(results))
+                bar.update(1)
+            done[shard.name] = _write_shard(out, shard, batch, embedder, settings)
+    return _manifest(out, source, [done[s.name] for s in shards], settings, embedder)

@@ -1,0 +1,224 @@
+"""prepare: end to end on synthetic documents, a bad-file zoo and TFDS; resume and determinism."""
+
+import json
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordReader
+
+from configs import demo
+from docjepa.data import ocr, pipeline, prepare, synth
+from docjepa.data.record import decode_record
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def _cfg(source, **prep):
+    cfg = demo.get_config()
+    cfg.prepare.source = source
+    cfg.prepare.update(dict(workers=0, shard_docs=2, val_fraction=0.0, max_pages=2), **prep)
+    cfg.text.batch_size = 256
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from docjepa.text import TextEncoder
+
+    c = demo.get_config().text
+    return TextEncoder.from_pretrained(None, pooling=c.pooling, normalize=c.normalize, max_length=c.max_length)
+
+
+def _records(path):
+    r = ArrayRecordReader(str(path))
+    out = [decode_record(b) for b in r.read_all()]
+    r.close()
+    return out
+
+
+def _shard_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.array_record"))}
+
+
+def test_validation_names_the_field(tmp_path):
+    with pytest.raises(prepare.PrepareError, match=r"^prepare.stride: must be in \(0, window\]"):
+        prepare.prepare(_cfg("synth:2", stride=300), str(tmp_path))
+    with pytest.raises(prepare.PrepareError, match="^prepare.val_fraction"):
+        prepare.prepare(_cfg("synth:2", val_fraction=1.0), str(tmp_path))
+    with pytest.raises(prepare.PrepareError, match="^prepare.source: synth:N needs a positive integer"):
+        prepare.prepare(_cfg("synth:many"), str(tmp_path))
+    with pytest.raises(prepare.PrepareError, match="is not a directory, synth:N or tfds:NAME"):
+        prepare.prepare(_cfg(str(tmp_path / "absent")), str(tmp_path))
+    with pytest.raises(prepare.PrepareError, match="holds no"):
+        prepare.prepare(_cfg(str(tmp_path)), str(tmp_path / "out"))
+
+
+def test_split_and_text_ids():
+    ids = [f"doc-{i}" for i in range(2000)]
+    val = sum(prepare.split_of(d, 0.1) == "val" for d in ids)
+    assert 150 < val < 250 and all(prepare.split_of(d, 0.0) == "train" for d in ids)
+    assert prepare.text_id(" a  b\nc ") == prepare.text_id("a b c") >= 0
+    assert prepare.text_id(" \n") == -1 and prepare.text_id("a b") != prepare.text_id("a c")
+
+
+@pytest.fixture(scope="module")
+def synth_out(tmp_path_factory, encoder):
+    out = tmp_path_factory.mktemp("synth")
+    manifest = prepare.prepare(_cfg("synth:4"), str(out), progress=False, encoder=encoder)
+    return out, manifest
+
+
+def test_synth_end_to_end(synth_out):
+    out, manifest = synth_out
+    train = manifest["splits"]["train"]
+    assert train["documents"] == 4 and manifest["splits"]["val"]["documents"] == 0
+    assert train["files"] == [f"train-{k:05d}-of-00002.array_record" for k in range(2)]
+    assert manifest["categories"] == list(synth.CATEGORIES) and manifest["rejected"] == {}
+    assert manifest["encoder"]["dim"] == 384 and manifest["window"] == 224
+    recs = [r for f in train["files"] for r in _records(out / f)]
+    assert [r["doc_id"] for r in recs] == [f"synth-0-{i:07d}" for i in range(4)]
+    assert sum(len(r["pages_png"]) for r in recs) == train["pages"]
+    assert sum(len(r["windows"]) for r in recs) == train["windows"]
+    for r in recs:
+        doc = ocr.Document.from_json(r["ocr_json"])
+        assert r["category_id"] == synth.CATEGORIES.index(r["category"]) == synth.CATEGORIES.index(doc.category)
+        w = r["windows"]
+        assert w.dtype == np.int32 and (np.diff(w[:, 0]) >= 0).all()
+        assert r["window_emb"].shape == (len(w), 384) and r["window_emb"].dtype == np.float16
+        assert r["page_emb"].shape == (len(r["pages_png"]), 384)
+        for i, png in enumerate(r["pages_png"]):
+            img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+            assert img.shape[:2] == (doc.pages[i].height, doc.pages[i].width) and img.shape[1] == 448
+            assert r["page_text"][i] == doc.page_text(i) and r["page_nwords"][i] == len(doc.pages[i].words)
+            assert w[w[:, 0] == i, 3].max() == 448 and w[w[:, 0] == i, 4].max() == img.shape[0]
+        nonempty = np.asarray([bool(t.strip()) for t in r["window_text"]])
+        np.testing.assert_array_equal(r["window_text_id"] >= 0, nonempty)
+        np.testing.assert_array_equal(r["window_nwords"] > 0, nonempty)
+        norms = np.linalg.norm(r["window_emb"].astype(np.float32), axis=1)
+        np.testing.assert_allclose(norms[nonempty], 1.0, atol=2e-3)
+        assert (norms[~nonempty] == 0).all()
+        # Identical texts share one embedding (they were embedded once per shard).
+        first = {}
+        for t, e in zip(r["window_text"], r["window_emb"]):
+            np.testing.assert_array_equal(first.setdefault(t, e), e)
+    batch = next(pipeline.make_train_iterator(
+        pipeline.mlc.ConfigDict(dict(demo.get_config().data, dir=str(out))), seed=0, local_batch_size=2,
+        process_index=0, process_count=1))
+    assert batch["patches"].shape == (2, 16, 224, 224, 3) and batch["window_emb"].shape == (2, 16, 384)
+
+
+def test_resume_and_worker_determinism(synth_out, tmp_path, encoder):
+    out, manifest = synth_out
+    before = _shard_bytes(out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.array_record")}
+    # All shards are complete: nothing is rewritten and the manifest is rebuilt identically.
+    assert prepare.prepare(_cfg("synth:4"), str(out), progress=False, encoder=encoder) == manifest
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.array_record")} == mtimes
+    # An interrupted run: the last shard never got renamed into place.
+    (out / "train-00001-of-00002.array_record").rename(out / "train-00001-of-00002.array_record.tmp")
+    assert prepare.prepare(_cfg("synth:4"), str(out), progress=False, encoder=encoder) == manifest
+    assert _shard_bytes(out) == before
+    # Two worker processes write byte-identical shards.
+    again = prepare.prepare(_cfg("synth:4", workers=2), str(tmp_path), progress=False, encoder=encoder)
+    assert again["splits"] == manifest["splits"]
+    assert _shard_bytes(tmp_path) == before
+    with pytest.raises(prepare.PrepareError, match="different config"):
+        prepare.prepare(_cfg("synth:4", stride=200), str(out), progress=False, encoder=encoder)
+
+
+def _png_header(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+    from PIL import Image, ImageDraw, ImageFont
+
+    d = tmp_path_factory.mktemp("zoo")
+    with PdfPages(d / "good.pdf") as pdf:  # page 2 is blank: dropped as no_text, page 1 kept
+        for text in ("Invoice number 17 total due", None):
+            fig = plt.figure(figsize=(4, 4))
+            if text:
+                fig.text(0.1, 0.8, text, fontsize=14)
+            pdf.savefig(fig)
+            plt.close(fig)
+    img = Image.new("RGB", (600, 300), "white")
+    ImageDraw.Draw(img).text((30, 60), "Meeting notes for Monday", font=ImageFont.truetype(FONT, 32), fill="black")
+    img.save(d / "scan.png")
+    (d / "empty.pdf").write_bytes(b"")
+    (d / "random.pdf").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 2048, dtype=np.uint8)))
+    (d / "truncated.pdf").write_bytes((d / "good.pdf").read_bytes()[:300])
+    (d / "huge.png").write_bytes(_png_header(100_000, 100_000))
+    (d / "notes.txt").write_text("not a document")
+    return d
+
+
+def test_bad_file_zoo(zoo, tmp_path, encoder):
+    manifest = prepare.prepare(_cfg(str(zoo)), str(tmp_path), progress=False, encoder=encoder)
+    rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    reasons = {(e["file"].rsplit("/", 1)[-1], e["reason"]) for e in rejected}
+    assert reasons == {("empty.pdf", "zero_bytes"), ("random.pdf", "not_a_pdf"), ("truncated.pdf", "truncated_pdf"),
+                       ("huge.png", "too_many_pixels"), ("good.pdf", "no_text")}
+    assert manifest["rejected"] == {"no_text": 1, "not_a_pdf": 1, "too_many_pixels": 1, "truncated_pdf": 1,
+                                    "zero_bytes": 1}
+    assert manifest["splits"]["train"]["documents"] == 2 and manifest["splits"]["train"]["pages"] == 2
+    recs = [r for f in manifest["splits"]["train"]["files"] for r in _records(tmp_path / f)]
+    assert {r["doc_id"]: r["page_text"] for r in recs} == {
+        "good.pdf": ["Invoice number 17 total due"], "scan.png": ["Meeting notes for Monday"]}
+
+
+class ToyScans(tfds.core.GeneratorBasedBuilder):
+    """RVL-CDIP-like: one page image (PNG bytes) and a class label per example."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(), dtype=np.object_),
+            "label": tfds.features.ClassLabel(names=["memo", "letter"])}))
+
+    def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i, text in enumerate(["Quarterly memo about budgets", ""]):  # the second scan is blank
+            img = np.full((300, 600, 3), 255, np.uint8)
+            cv2.putText(img, text, (20, 150), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 2)
+            yield i, {"image": cv2.imencode(".png", img)[1].tobytes(), "label": 1 - i}
+
+
+def test_tfds_builder_and_sources(tmp_path, encoder):
+    from docjepa.data import tfds_docs
+
+    tfds_docs.DocjepaDocs(data_dir=str(tmp_path / "tfds"), source="synth:3").download_and_prepare(
+        file_format="array_record")
+    ds = tfds.data_source("docjepa_docs", split="train", data_dir=str(tmp_path / "tfds"))
+    assert len(ds) == 3
+    doc = ocr.Document.from_json(ds[0]["ocr_json"])
+    assert len(ds[0]["pages_png"]) == len(doc.pages) and doc.category in synth.CATEGORIES
+
+    m = prepare.prepare(_cfg(f"tfds:docjepa_docs@{tmp_path / 'tfds'}"), str(tmp_path / "a"), progress=False, encoder=encoder)
+    direct = prepare.prepare(_cfg("synth:3"), str(tmp_path / "b"), progress=False, encoder=encoder)
+    assert m["splits"]["train"]["pages"] == direct["splits"]["train"]["pages"]
+    assert m["splits"]["train"]["windows"] == direct["splits"]["train"]["windows"]
+
+    ToyScans(data_dir=str(tmp_path / "tfds")).download_and_prepare(file_format="array_record")
+    m = prepare.prepare(_cfg(f"tfds:toy_scans:test@{tmp_path / 'tfds'}"), str(tmp_path / "c"), progress=False, encoder=encoder)
+    assert m["categories"] == ["memo", "letter"] and m["rejected"] == {"no_text": 1}
+    (rec,) = _records(tmp_path / "c" / m["splits"]["train"]["files"][0])
+    assert rec["category"] == "letter" and rec["category_id"] == 1
+    assert "budgets" in rec["page_text"][0].lower()

@@ -1,0 +1,207 @@
+"""Training: sharded step equivalence, NaN guard, config errors, multi-process, resume, SIGTERM.
+
+The end-to-end tests run `python -m docjepa.train` (and `launch/local.sh`) in subprocesses
+on a corpus made by the real `python -m docjepa.prepare` from synthetic documents.
+"""
+
+import functools
+import signal
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from flax import nnx
+
+import train_utils as tu
+from configs import demo
+from docjepa import sharding, train
+from docjepa.data.record import decode_record, encode_record
+
+pytestmark = pytest.mark.xdist_group("train")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tu.prepare(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def _cfg():
+    cfg = demo.get_config("quick")
+    cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages = 4, 4, 2
+    cfg.optim.warmup_steps = 0
+    cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.num_layers = 16, 4, 1
+    return cfg
+
+
+def _batch(cfg, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    b, s, p = cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages
+    step_mask = np.ones((b, s), bool)
+    step_mask[1, 3:] = False
+    page_ids = np.where(step_mask, np.minimum(np.arange(s) // 2, p - 1), -1).astype(np.int32)
+    text_ids = rng.integers(0, 6, (b, s)).astype(np.int32)  # repeated ids: multi-positive labels
+    return {
+        "patches": rng.integers(0, 256, (b, s, 224, 224, 3), dtype=np.uint8),
+        "step_mask": step_mask, "page_ids": page_ids,
+        "window_emb": rng.normal(size=(b, s, dim)).astype(np.float32),
+        "window_mask": step_mask & (rng.random((b, s)) > 0.2), "window_text_id": text_ids,
+        "page_emb": rng.normal(size=(b, p, dim)).astype(np.float32),
+        "page_mask": np.ones((b, p), bool), "page_text_id": np.arange(b * p, dtype=np.int32).reshape(b, p),
+    }
+
+
+def _one_step(cfg, mesh, batch, dim):
+    """Init on `mesh`, run one jitted step, return (metrics, params) on the host."""
+    make_model = functools.partial(train.build_model, cfg, dim, cfg.seed)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    tx, schedule = train.build_optimizer(cfg.optim, 10, train.decay_mask(abstract_params))
+    state_sh = train.train_state_shardings(tx, abstract_params, mesh)
+
+    @functools.partial(jax.jit, out_shardings=state_sh)
+    def init():
+        params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
+        return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+
+    step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh), donate_argnums=0)
+    state = init()
+    before = jax.device_get(state["params"])
+    state, metrics = step(state, sharding.global_batch(batch, mesh))
+    return jax.device_get(metrics), before, jax.device_get(state["params"]), state_sh
+
+
+def test_sharded_step_matches_single_device():
+    """(data=2, fsdp=2, tensor=2) over 8 devices == 1 device: loss to 1e-5 relative, params to 1e-4.
+
+    Adam's first update is lr * g / (|g| + eps): an element whose gradient is within a few eps
+    of zero turns float reordering (sharded reductions) into up to ~3e-5 of parameter change,
+    so parameters are compared at 1e-4 = a tenth of one step of lr 1e-3.
+    """
+    cfg, dim = _cfg(), 32
+    batch = _batch(cfg, dim)
+    one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
+    eight = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
+    m1, _, p1, _ = _one_step(cfg, one, batch, dim)
+    m8, before, p8, sh8 = _one_step(cfg, eight, batch, dim)
+    # The 8-device layout really is sharded: some weights are split over fsdp and tensor.
+    specs = {str(s.spec) for s in jax.tree.leaves(sh8["params"])}
+    assert any("fsdp" in s for s in specs) and any("tensor" in s for s in specs)
+    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), p1, before)
+    assert max(jax.tree.leaves(moved)) > 1e-4  # the step changed the parameters
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), p8, p1)
+
+
+def test_nonfinite_step_is_skipped():
+    cfg, dim = _cfg(), 16
+    batch = _batch(cfg, dim)
+    batch["window_emb"][0, 0, 0] = np.nan
+    batch["window_mask"][0, 0] = True
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
+    metrics, before, after, _ = _one_step(cfg, mesh, batch, dim)
+    assert metrics["finite"] == 0.0 and not np.isfinite(metrics["loss"])
+    jax.tree.map(np.testing.assert_array_equal, after, before)
+
+
+def test_bad_config_fails_before_compiling(data, tmp_path):
+    r = tu.run(tu.train_cmd(data, tmp_path / "w", 2, "--config.data.batch_size=0"))
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == "error: config.data.batch_size: must be a positive integer (got 0)"
+    assert not (tmp_path / "w" / "checkpoints").exists()
+    r = tu.run(tu.train_cmd(tmp_path / "missing", tmp_path / "w", 2))
+    assert r.returncode != 0 and "missing: data directory does not exist" in r.stderr.strip().splitlines()[-1]
+
+
+def _poison(src, dst):
+    """Copy a prepared corpus with every window target set to NaN (corrupt data)."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if not f.name.endswith(".array_record"):
+            (dst / f.name).write_bytes(f.read_bytes())
+            continue
+        reader = ArrayRecordReader(str(f))
+        blobs = reader.read_all()
+        reader.close()
+        writer = ArrayRecordWriter(str(dst / f.name), "group_size:1")
+        for blob in blobs:
+            rec = decode_record(blob)
+            rec["window_emb"] = np.full_like(rec["window_emb"], np.nan)
+            writer.write(encode_record(rec))
+        writer.close()
+    return dst
+
+
+def test_nan_guard_stops_after_k_in_a_row(data, tmp_path, cache):
+    bad = _poison(data, tmp_path / "bad")
+    wd = tmp_path / "w"
+    r = tu.run(tu.train_cmd(bad, wd, 20, "--config.train.max_nonfinite=3", "--config.train.ckpt_every=1"),
+               cache=cache)
+    assert r.returncode != 0
+    assert "3 consecutive non-finite steps" in r.stderr.strip().splitlines()[-1]
+    assert tu.checkpoint_steps(wd)  # saved along the way ...
+    for step in tu.checkpoint_steps(wd):  # ... and never from a non-finite state
+        assert all(np.isfinite(v).all() for v in tu.load_params(wd, step).values())
+
+
+def test_two_processes_train_checkpoint_and_resume(data, tmp_path, cache):
+    """launch/local.sh: 2 processes x 2 CPU devices (gloo), each reading its own shard."""
+    wd = tmp_path / "w"
+
+    def launch(steps):
+        cmd = ["bash", "launch/local.sh", "2", "--cpu-devices", "2", "--", *tu.train_cmd(data, wd, steps,
+               "--config.train.ckpt_every=3")]
+        e = tu.env(cache=cache)
+        e["LOG_DIR"] = str(tmp_path / f"logs{steps}")
+        r = subprocess.run(cmd, cwd=tu.ROOT, env=e, capture_output=True, text=True, timeout=900)
+        other = (tmp_path / f"logs{steps}" / "process_1.log").read_text()
+        assert r.returncode == 0, r.stderr[-3000:] + other[-3000:]
+        return r.stderr, other
+
+    out0, out1 = launch(3)
+    assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 1} over 4 devices, 2 processes" in out0
+    assert tu.checkpoint_steps(wd) == [3]
+    out0, out1 = launch(5)
+    assert "resumed from step 3" in out0 and "resumed from step 3" in out1
+    assert tu.checkpoint_steps(wd) == [3, 5]
+
+
+def test_kill9_resume_is_bitwise_identical(data, tmp_path, cache):
+    args = ("--config.train.ckpt_every=2",)
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    r = tu.run(tu.train_cmd(data, straight, 6, *args), cache=cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    proc = subprocess.Popen(tu.train_cmd(data, crashed, 6, *args), cwd=tu.ROOT, env=tu.env(cache=cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    tu.wait_for_step(crashed, 5, proc)
+    proc.kill()  # SIGKILL between the checkpoints of steps 4 and 6
+    proc.wait()
+    assert 6 not in tu.checkpoint_steps(crashed)
+    r = tu.run(tu.train_cmd(data, crashed, 6, *args), cache=cache)
+    assert r.returncode == 0 and "resumed from step" in r.stderr
+    a, b = tu.load_params(straight, 6), tu.load_params(crashed, 6)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_sigterm_saves_current_step_and_exits_zero(data, tmp_path, cache):
+    wd = tmp_path / "w"
+    proc = subprocess.Popen(tu.train_cmd(data, wd, 1000, "--config.train.ckpt_every=1000"), cwd=tu.ROOT,
+                            env=tu.env(cache=cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    tu.wait_for_step(wd, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    steps = tu.checkpoint_steps(wd)
+    assert len(steps) == 1 and 2 <= steps[0] < 1000 and f"SIGTERM: saving step {steps[0]}" in err
+    r = tu.run(tu.train_cmd(data, wd, steps[0] + 2, "--config.train.ckpt_every=1000"), cache=cache)
+    assert r.returncode == 0 and f"resumed from step {steps[0]}" in r.stderr
+    assert tu.checkpoint_steps(wd)[-1] == steps[0] + 2
