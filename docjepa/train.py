@@ -117,8 +117,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             loss, terms, grads = jax.tree.map(lambda x: x / accum, (loss, terms, grads))
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = optax.apply_updates(params, updates)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_state = {
             "params": jax.tree.map(keep, new_params, params),

@@ -50,9 +50,6 @@ done
 
 status=0
 for p in "${pids[@]}"; do
-  if ! wait "$p"; then
-    rc=$?
-    [[ $status -eq 0 ]] && status=$rc && cleanup
-  fi
+  wait "$p" || { rc=$?; if [[ $status -eq 0 ]]; then status=$rc; cleanup; fi; }
 done
 exit $status

@@ -157,7 +157,7 @@ def test_two_processes_train_checkpoint_and_resume(data, tmp_path, cache):
 
     def launch(steps):
         cmd = ["bash", "launch/local.sh", "2", "--cpu-devices", "2", "--", *tu.train_cmd(data, wd, steps,
-               "--config.train.ckpt_every=3")]
+               "--config.train.ckpt_every=3", "--config.data.batch_size=4")]
         e = tu.env(cache=cache)
         e["LOG_DIR"] = str(tmp_path / f"logs{steps}")
         r = subprocess.run(cmd, cwd=tu.ROOT, env=e, capture_output=True, text=True, timeout=900)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections as mlc
 from flax import nnx
 
@@ -17,8 +18,8 @@ from docjepa import losses
 from docjepa.models import hiera, layers, ttm
 
 # ImageNet statistics, as used to pretrain Meta's Hiera checkpoints.
-_MEAN = jnp.array([0.485, 0.456, 0.406]) * 255.0
-_STD = jnp.array([0.229, 0.224, 0.225]) * 255.0
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
+_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
