@@ -51,6 +51,7 @@ def base() -> mlc.ConfigDict:
     c.model.hiera.drop_path_rate = 0.0
     c.model.hiera.remat = False
     c.model.hiera.init_from = ""         # path to a safetensors file of Meta's PyTorch weights
+    c.model.hiera.overrides = mlc.ConfigDict()  # any HieraConfig field, e.g. embed_dim, stages (scaling)
     c.model.ttm = mlc.ConfigDict()
     c.model.ttm.memory_size = 64         # m (scenic's unit: 64; the paper: 96)
     c.model.ttm.num_read = 8             # r (scenic's unit: 8; the paper: 16)

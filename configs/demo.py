@@ -12,8 +12,17 @@ from configs import common
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c = common.base()
     c.prepare.source = "synth:240"
+    c.prepare.val_fraction = 0.15
     c.data.dir = "data/demo"
-    c.train.steps = 600
+    c.data.batch_size = 4                # 4 examples x 16 patches = 64 patches per step
+    c.data.max_steps = 16                # two pages of 8 windows
+    c.data.max_pages = 2
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 15
+    c.train.steps = 150
+    c.train.log_every = 10
+    c.train.ckpt_every = 50
+    c.train.eval_every = 0
     if arg == "quick":
         c.prepare.source = "synth:12"
         c.data.batch_size = 4

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from docjepa import checkpoint, metrics, objective, sharding, validate
 from docjepa import eval as evaluation
 from docjepa.data import pipeline
+from docjepa.models import hiera
 from docjepa.models.docjepa import DocJEPA
 
 FLAGS = flags.FLAGS
@@ -86,6 +87,13 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
                                    transform_non_params=lambda _: sharding.replicated(mesh))
     return {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+
+
+def pretrained_encoder(cfg: mlc.ConfigDict, shardings: Any) -> Any:
+    """Hiera parameters from Meta's PyTorch weights (safetensors), placed on `shardings`."""
+    encoder = hiera.create(cfg.model.hiera.name, rngs=nnx.Rngs(0), **cfg.model.hiera.get("overrides", {}))
+    hiera.load_safetensors(encoder, cfg.model.hiera.init_from)
+    return jax.device_put(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)), shardings)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -209,6 +217,9 @@ def main(argv: list[str]) -> None:
         log.info("resumed from step %d", int(state["step"]))
     else:
         state = init_state()
+        if cfg.model.hiera.init_from:
+            state["params"]["encoder"] = pretrained_encoder(cfg, state_sh["params"]["encoder"])
+            log.info("encoder initialised from %s", cfg.model.hiera.init_from)
     start = int(state["step"])
 
     # -------------------------------------------------------------------- eval
@@ -250,6 +261,7 @@ def main(argv: list[str]) -> None:
                 cost = cost[0] if isinstance(cost, (list, tuple)) else cost
                 flops = float(cost.get("flops", 0.0)) if cost else 0.0
                 log.info("compiled train step: %.3e FLOPs per device per step", flops)
+                writer.write(step, {"flops_per_device_step": flops, "devices": mesh.size}, log=False)
             state, step_metrics = train_step(state, batch)
             if step == start + 1:  # keep compilation out of the timings
                 jax.block_until_ready(state)

@@ -7,6 +7,7 @@ A bad value produces one line naming the field, e.g.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Iterable
 
 import ml_collections as mlc
@@ -53,12 +54,13 @@ RULES: dict[str, Rule] = {
     "prepare.stride": (_pos_int, "must be a positive integer"),
     "prepare.dpi": (_pos_float, "must be a positive number"),
     "prepare.max_pages": (_pos_int, "must be a positive integer"),
-    "prepare.max_pixels": (_pos_int, "must be a positive integer"),
+    "prepare.source": (lambda v: isinstance(v, str) and bool(v), "must be a non-empty string"),
+    "prepare.max_pixels": (lambda v: _pos_int(v) and v >= 224 * 224, "must be an integer >= 224 * 224"),
     "prepare.val_fraction": (_fraction, "must be in [0, 1)"),
     "prepare.shard_docs": (_pos_int, "must be a positive integer"),
     "prepare.workers": (_nonneg_int, "must be a non-negative integer"),
     "text.pooling": (_one_of("mean", "cls"), "must be 'mean' or 'cls'"),
-    "text.max_length": (_pos_int, "must be a positive integer"),
+    "text.max_length": (lambda v: _pos_int(v) and v >= 2, "must be an integer >= 2"),
     "text.batch_size": (_pos_int, "must be a positive integer"),
     "data.dir": (lambda v: isinstance(v, str) and bool(v), "must be a non-empty path"),
     "data.max_steps": (_pos_int, "must be a positive integer"),
@@ -67,6 +69,9 @@ RULES: dict[str, Rule] = {
     "data.batch_size": (_pos_int, "must be a positive integer"),
     "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
     "model.hiera.drop_path_rate": (_fraction, "must be in [0, 1)"),
+    "model.hiera.init_from": (lambda v: v == "" or (isinstance(v, str) and v.endswith(".safetensors")
+                                                    and os.path.isfile(v)),
+                              "must be '' or an existing .safetensors file of Meta's Hiera weights"),
     "model.ttm.memory_size": (_pos_int, "must be a positive integer"),
     "model.ttm.num_read": (_pos_int, "must be a positive integer"),
     "model.ttm.process": (_one_of("transformer", "mixer", "mlp"), "must be one of transformer, mixer, mlp"),
@@ -124,7 +129,7 @@ def check(cfg: mlc.ConfigDict, section: str) -> None:
         if not ok(value):
             raise ConfigError(f"config.{path}: {why} (got {value!r})")
     if section == "prepare" and cfg.prepare.stride > cfg.prepare.window:
-        raise ConfigError(f"config.prepare.stride: must be <= prepare.window (got {cfg.prepare.stride})")
+        raise ConfigError(f"config.prepare.stride: must be in (0, window] (got {cfg.prepare.stride})")
     if section == "train" and cfg.data.batch_size % cfg.optim.grad_accum:
         raise ConfigError("config.optim.grad_accum: must divide data.batch_size")
     if section in ("train", "eval"):

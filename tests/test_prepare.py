@@ -45,9 +45,9 @@ def _shard_bytes(out):
 
 
 def test_validation_names_the_field(tmp_path):
-    with pytest.raises(prepare.PrepareError, match=r"^prepare.stride: must be in \(0, window\]"):
+    with pytest.raises(prepare.PrepareError, match=r"^config.prepare.stride: must be in \(0, window\]"):
         prepare.prepare(_cfg("synth:2", stride=300), str(tmp_path))
-    with pytest.raises(prepare.PrepareError, match="^prepare.val_fraction"):
+    with pytest.raises(prepare.PrepareError, match="^config.prepare.val_fraction"):
         prepare.prepare(_cfg("synth:2", val_fraction=1.0), str(tmp_path))
     with pytest.raises(prepare.PrepareError, match="^prepare.source: synth:N needs a positive integer"):
         prepare.prepare(_cfg("synth:many"), str(tmp_path))

@@ -23,14 +23,14 @@ from docjepa.data.record import decode_record, encode_record
 pytestmark = pytest.mark.xdist_group("train")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tu.prepare(tmp_path_factory.mktemp("synth"))
+@pytest.fixture
+def data(synth_corpus):
+    return synth_corpus
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
+@pytest.fixture
+def cache(jax_cache):
+    return jax_cache
 
 
 def _cfg():

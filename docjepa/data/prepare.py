@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from docjepa.data import ocr, patchify
 from docjepa.data.record import encode_record
+from docjepa.validate import ConfigError, check as check_config
 
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val")
@@ -200,30 +201,11 @@ def make_source(spec: str, seed: int = 0) -> Source:
 
 
 def validate(cfg: mlc.ConfigDict) -> None:
-    """One clear error per bad field, before any work is done."""
-    p = cfg.prepare
-
-    def need(ok: bool, field: str, msg: str) -> None:
-        if not ok:
-            raise PrepareError(f"{field}: {msg}")
-
-    def integer(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    need(integer(p.window) and p.window > 0, "prepare.window", "must be a positive integer")
-    need(integer(p.stride) and 0 < p.stride <= p.window, "prepare.stride", "must be in (0, window]")
-    need(integer(p.page_width) and p.page_width >= p.window, "prepare.page_width", "must be an integer >= window")
-    need(p.dpi > 0, "prepare.dpi", "must be > 0")
-    need(integer(p.max_pages) and p.max_pages >= 1, "prepare.max_pages", "must be an integer >= 1")
-    need(integer(p.max_pixels) and p.max_pixels >= p.window * p.window, "prepare.max_pixels",
-         "must be an integer >= window * window")
-    need(0 <= p.val_fraction < 1, "prepare.val_fraction", "must be in [0, 1)")
-    need(integer(p.shard_docs) and p.shard_docs >= 1, "prepare.shard_docs", "must be an integer >= 1")
-    need(integer(p.workers) and p.workers >= 0, "prepare.workers", "must be an integer >= 0")
-    need(isinstance(p.source, str) and bool(p.source), "prepare.source", "must be a non-empty string")
-    need(cfg.text.pooling in ("mean", "cls"), "text.pooling", "must be 'mean' or 'cls'")
-    need(integer(cfg.text.batch_size) and cfg.text.batch_size >= 1, "text.batch_size", "must be an integer >= 1")
-    need(integer(cfg.text.max_length) and cfg.text.max_length >= 2, "text.max_length", "must be an integer >= 2")
+    """One clear error per bad field (the shared rules of docjepa.validate), before any work."""
+    try:
+        check_config(cfg, "prepare")
+    except ConfigError as e:
+        raise PrepareError(str(e)) from None
 
 
 def _settings(cfg: mlc.ConfigDict) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class DocJEPA(nnx.Module):
         dtype = DTYPES[cfg.dtype]
         self.encoder = hiera.create(
             cfg.hiera.name, rngs=rngs, dtype=dtype, remat=cfg.hiera.remat,
-            drop_path_rate=cfg.hiera.drop_path_rate,
+            drop_path_rate=cfg.hiera.drop_path_rate, **cfg.hiera.get("overrides", {}),
         )
         width = self.encoder.out_dim
         dim = cfg.ttm.dim or width

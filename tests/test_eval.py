@@ -1,0 +1,90 @@
+"""Evaluation: metric code on hand-computed cases, layout labels, and the CLI end to end."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import train_utils as tu
+from docjepa import eval as ev
+from docjepa.data import ocr
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_recall_perfect_and_shuffled():
+    rng = np.random.default_rng(0)
+    emb = _unit(rng.normal(size=(400, 32)))
+    ids = np.arange(400)
+    perfect = ev.recall_at_k(emb, emb, ids, ids)
+    assert perfect == {1: 1.0, 5: 1.0, 10: 1.0}
+    shuffled = ev.recall_at_k(emb, emb[rng.permutation(400)], ids, ids)
+    for k in ev.KS:  # a random pairing scores chance, k / 400, up to sampling noise
+        assert abs(shuffled[k] - ev.chance_recall(ids, ids, k)) < 0.03
+    assert ev.chance_recall(ids, ids, 10) == pytest.approx(10 / 400)
+
+
+def test_recall_hand_computed_multi_positive():
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    c = np.array([[0.0, 1.0], [1.0, 0.0], [0.8, 0.6]])
+    # Similarities: q0 -> [0, 1, .8], q1 -> [1, 0, .6], q2 -> [.8, .6, .96].
+    qid, cid = np.array([10, 11, 12]), np.array([11, 10, 11])  # candidates 0 and 2 share a text
+    # q0 ranks c1 (id 10) first: hit. q1 ranks c0 (id 11) first: hit. q2 (id 12) has no positive.
+    assert ev.recall_at_k(q, c, qid, cid, ks=(1, 2, 3)) == {1: 2 / 3, 2: 2 / 3, 3: 2 / 3}
+    # With q1's id changed to 10 its positive c1 is ranked last: only a hit at k = 3.
+    assert ev.recall_at_k(q, c, np.array([10, 10, 12]), cid, ks=(1, 2, 3)) == {1: 1 / 3, 2: 1 / 3, 3: 2 / 3}
+    # Chance: q0 has 1 positive of 3, q1 has 2, q2 has 0.
+    assert ev.chance_recall(qid, cid, 1) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert ev.chance_recall(qid, cid, 2) == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_mean_iou_hand_computed():
+    true = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    # class 0: inter 1, union 3; class 1: inter 2, union 3; class 2: inter 1, union 2; class 3 absent.
+    miou, ious = ev.mean_iou(pred, true, 4)
+    np.testing.assert_allclose(ious[:3], [1 / 3, 2 / 3, 1 / 2])
+    assert np.isnan(ious[3]) and miou == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_layout_labels_follow_element_boxes():
+    page = ocr.Page(width=448, height=448, dpi=96, words=[], layout=[
+        ocr.LayoutElement("paragraph", (0, 0, 448, 448)),
+        ocr.LayoutElement("table", (0, 0, 112, 224)),  # drawn over the paragraph
+    ])
+    record = {"ocr_json": ocr.Document("d", "test", [page]).to_json()}
+    labels = ev.layout_labels(record, np.array([[0, 0, 0, 224, 224], [0, 224, 224, 448, 448]]), grid=4)
+    table, para = ev.LAYOUT_LABELS.index("table"), ev.LAYOUT_LABELS.index("paragraph")
+    expected = np.full((4, 4), para)
+    expected[:, :2] = table  # cells with centres x in {28, 84} < 112, all rows (y < 224)
+    np.testing.assert_array_equal(labels[0], expected)
+    np.testing.assert_array_equal(labels[1], np.full((4, 4), para))
+
+
+def test_markdown_table_has_one_row_per_metric():
+    table = ev.markdown_table({"trained": {"a": 0.5, "b": 1.0}, "random_init": {"a": 0.25}})
+    lines = table.strip().splitlines()
+    assert lines[0] == "| metric | trained | random_init |"
+    assert lines[2] == "| a | 0.5000 | 0.2500 |" and lines[3] == "| b | 1.0000 |  |"
+
+
+@pytest.mark.xdist_group("train")
+def test_eval_cli_end_to_end(synth_corpus, tmp_path, jax_cache):
+    wd = tmp_path / "w"
+    r = tu.run(tu.train_cmd(synth_corpus, wd, 2), cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmd = [sys.executable, "-m", "docjepa.eval", *tu.FAST, f"--workdir={wd}", f"--data={synth_corpus}",
+           "--config.evals.max_examples=16"]
+    r = tu.run(cmd, cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((wd / "eval" / "step_2.json").read_text())
+    for key in ("val/loss", "retrieval/window/i2t_r1", "retrieval/page/t2i_r5", "retrieval/doc/chance_r1",
+                "retrieval/window/pool", "probe/layout/miou", "random_init/retrieval/window/i2t_r1"):
+        assert key in result and np.isfinite(result[key]), key
+    assert 0 <= result["retrieval/window/i2t_r1"] <= 1
+    for name in ("step_2.md", "step_2_recall.png", "step_2_retrieval_grid.png"):
+        assert (wd / "eval" / name).stat().st_size > 0
+    assert "| retrieval/window/i2t_r1 |" in r.stdout
