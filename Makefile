@@ -32,10 +32,15 @@ sysdeps:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
 	fi
 
+# Prepare (skipped when done), train the model and its no-memory ablation, evaluate both
+# against the random-initialised twin and chance. Re-running resumes finished steps.
 demo: venv sysdeps
-	@test -f $(DEMO_DATA)/manifest.json || $(PY) -m docjepa.prepare --config configs/demo.py --out $(DEMO_DATA)
+	$(PY) -m docjepa.prepare --config configs/demo.py --out $(DEMO_DATA)
 	$(PY) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR) --config.data.dir=$(DEMO_DATA)
-	$(PY) -m docjepa.eval --config configs/demo.py --workdir $(DEMO_DIR) --data $(DEMO_DATA)
+	$(PY) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR)_no_memory --config.data.dir=$(DEMO_DATA) \
+	  --config.model.ttm.use_memory=False --config.evals.in_train="()"
+	$(PY) -m docjepa.eval --config configs/demo.py --workdir $(DEMO_DIR) --data $(DEMO_DATA) \
+	  --compare no_memory=$(DEMO_DIR)_no_memory
 
 # Runs the suite on all cores; pytest's exit code 5 ("no tests collected") is a failure here.
 test: dev sysdeps

@@ -438,7 +438,7 @@ def define_flags() -> None:
     flags.DEFINE_string("data", None, "Prepared data directory (default: config.data.dir).")
     flags.DEFINE_multi_string("compare", [], "NAME=WORKDIR of another run to evaluate alongside.")
     flags.DEFINE_bool("random_init", True, "Also evaluate the random-initialised twin (step 0).")
-    flags.mark_flags_as_required(["config"])
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 class Restored:
@@ -478,8 +478,6 @@ def main(argv: list[str]) -> None:
     del argv
     metrics.setup_logging()
     cfg = FLAGS.config
-    if not FLAGS.workdir:
-        sys.exit("error: --workdir is required")
     workdir = Path(FLAGS.workdir)
     data_dir = FLAGS.data or cfg.data.dir
     try:

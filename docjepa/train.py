@@ -39,7 +39,7 @@ def define_flags() -> None:
     """Command-line flags, defined only when this module is the program (not on import)."""
     config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/demo.py.")
     flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard events go.")
-    flags.mark_flags_as_required(["config"])
+    flags.mark_flags_as_required(["config", "workdir"])
 
 # Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
 STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_emb", "window_mask", "window_text_id",
@@ -152,8 +152,6 @@ def main(argv: list[str]) -> None:
 
     # ------------------------------------------------------------------ config
     cfg = FLAGS.config
-    if not FLAGS.workdir:
-        sys.exit("error: --workdir is required")
     workdir = Path(FLAGS.workdir)
     try:
         validate.check(cfg, "train")
@@ -235,7 +233,7 @@ def main(argv: list[str]) -> None:
 
     # -------------------------------------------------------------------- loop
     preempt = checkpoint.Preemption()
-    flops, peak = None, metrics.peak_flops(jax.devices()[0])
+    compiled, flops, peak = None, 0.0, metrics.peak_flops(jax.devices()[0])
     nonfinite_run, pending = 0, None
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not sys.stderr.isatty(), desc="train")
     t_last, step_last = time.perf_counter(), start
@@ -256,13 +254,14 @@ def main(argv: list[str]) -> None:
         for step in range(start + 1, cfg.train.steps + 1):
             local = next(train_iter)
             batch = sharding.global_batch({k: local[k] for k in STEP_FIELDS}, mesh)
-            if flops is None:
-                cost = train_step.lower(state, batch).compile().cost_analysis()
+            if compiled is None:  # compile once, ahead of time, to read the step's FLOP count
+                compiled = train_step.lower(state, batch).compile()
+                cost = compiled.cost_analysis()
                 cost = cost[0] if isinstance(cost, (list, tuple)) else cost
                 flops = float(cost.get("flops", 0.0)) if cost else 0.0
                 log.info("compiled train step: %.3e FLOPs per device per step", flops)
                 writer.write(step, {"flops_per_device_step": flops, "devices": mesh.size}, log=False)
-            state, step_metrics = train_step(state, batch)
+            state, step_metrics = compiled(state, batch)
             if step == start + 1:  # keep compilation out of the timings
                 jax.block_until_ready(state)
                 t_last, step_last = time.perf_counter(), step
@@ -295,7 +294,7 @@ def main(argv: list[str]) -> None:
         ckpt.wait()
         if int(state["step"]) not in ckpt.all_steps():
             ckpt.save(int(state["step"]), state, train_iter)
-        if cfg.evals.in_train and int(state["step"]) == cfg.train.steps:
+        if cfg.evals.in_train and start < int(state["step"]) == cfg.train.steps:
             run_eval(cfg.train.steps)
     except NonFiniteError as e:
         ckpt.wait()

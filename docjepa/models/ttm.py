@@ -34,9 +34,9 @@ class TokenMlp(nnx.Module):
     """
 
     def __init__(self, din: int, hidden: int, dout: int, *, in_axis: str, out_axis: str,
-                 rngs: nnx.Rngs, dtype: jnp.dtype | None = None):
+                 rngs: nnx.Rngs, dtype: jnp.dtype | None = None, out_bias: bool = True):
         self.fc1 = layers.dense(din, hidden, (in_axis, "mlp"), rngs=rngs, dtype=dtype)
-        self.fc2 = layers.dense(hidden, dout, ("mlp", out_axis), rngs=rngs, dtype=dtype)
+        self.fc2 = layers.dense(hidden, dout, ("mlp", out_axis), rngs=rngs, dtype=dtype, use_bias=out_bias)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(jax.nn.gelu(self.fc1(x)))
@@ -51,8 +51,10 @@ class TokenLearner(nnx.Module):
 
     def __init__(self, dim: int, num_tokens: int, *, rngs: nnx.Rngs, dtype: jnp.dtype | None = None):
         self.norm = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
+        # No output bias: the softmax over N is invariant to a per-map constant, so that bias
+        # would receive an exactly-zero gradient (and Adam would amplify rounding noise in it).
         self.mlp = TokenMlp(dim, TOKEN_LEARNER_HIDDEN, num_tokens, in_axis="embed", out_axis="tokens",
-                            rngs=rngs, dtype=dtype)
+                            rngs=rngs, dtype=dtype, out_bias=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         logits = self.mlp(self.norm(x)).astype(jnp.float32)          # [B, N, k]

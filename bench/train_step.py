@@ -1,0 +1,148 @@
+"""Train-step throughput of a config: the step train.py runs, fed random batches of its shapes.
+
+    PYTHONPATH=. python bench/train_step.py --config configs/demo.py[:arg] [--steps 5] [--batch B]
+        [--max_steps S] [--dtype bfloat16] [--embed_dim D] [--no_write]
+
+The model, optimizer, shardings and step come from docjepa.train (build_model, build_optimizer,
+decay_mask, train_state_shardings, make_train_step) on the config's mesh over all devices, so
+the numbers are those of a real run minus the input pipeline. FLOPs per device come from the
+compiled step's XLA cost analysis (hardware FLOPs: a rematerialised block's forward counts
+twice), peak memory per device from its memory analysis
+(arguments + outputs + temporaries - donated aliases). MFU is n/a where
+docjepa.metrics has no peak FLOP/s for the device (CPUs). Appends one row to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections as mlc  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bench import common  # noqa: E402
+from docjepa import metrics, sharding, text, train, validate  # noqa: E402
+
+TITLE = "Train step"
+COLUMNS = ("date", "machine", "command", "config", "batch x steps", "dtype", "step s", "patches/s", "TFLOP/s",
+           "MFU", "peak MiB")
+NOTE = ("One jitted train step (forward, backward, AdamW update) of docjepa.train on random batches, median of "
+        "the timed steps after warm-up. TFLOP/s = XLA cost-analysis FLOPs of the compiled step x devices / step "
+        "time; MFU against docjepa.metrics.PEAK_BF16_FLOPS. peak MiB = per-device arguments + outputs + "
+        "temporaries - donated aliases, from XLA's memory analysis.")
+
+
+def load_config(spec: str) -> mlc.ConfigDict:
+    """`path/to/config.py[:arg]` -> get_config(arg), as config_flags.DEFINE_config_file does."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"--config: {path} is not a config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def text_width(cfg: mlc.ConfigDict) -> int:
+    """The text encoder's width from its config.json (the embedded MiniLM when text.model_dir is '')."""
+    model_dir = Path(cfg.text.model_dir) if cfg.text.model_dir else text.default_model_dir()
+    return text.EncoderConfig.from_json(model_dir / "config.json").hidden_size
+
+
+def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A full batch of the pipeline's step fields: every step valid, pages in order, distinct texts."""
+    rng = np.random.default_rng(seed)
+    b, s, p, w = cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages, cfg.prepare.window
+    page_ids = np.broadcast_to(np.arange(s) * p // s, (b, s)).astype(np.int32)
+    return {
+        "patches": rng.integers(0, 256, (b, s, w, w, 3), dtype=np.uint8),
+        "step_mask": np.ones((b, s), bool),
+        "page_ids": page_ids,
+        "window_emb": rng.standard_normal((b, s, embed_dim), np.float32),
+        "window_mask": np.ones((b, s), bool),
+        "window_text_id": np.arange(b * s, dtype=np.int32).reshape(b, s),
+        "page_emb": rng.standard_normal((b, p, embed_dim), np.float32),
+        "page_mask": np.ones((b, p), bool),
+        "page_text_id": np.arange(b * p, dtype=np.int32).reshape(b, p),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="configs/X.py or configs/X.py:arg")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+    parser.add_argument("--batch", type=int, default=0, help="global batch in examples (0 = the config's)")
+    parser.add_argument("--max_steps", type=int, default=0, help="patches per example (0 = the config's)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="", help="compute dtype override")
+    parser.add_argument("--embed_dim", type=int, default=0,
+                        help="text embedding width (0 = model.embed_dim, else the config's text encoder)")
+    parser.add_argument("--no_write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    args = parser.parse_args()
+
+    try:
+        cfg = load_config(args.config)
+        cfg.data.batch_size = args.batch or cfg.data.batch_size
+        cfg.data.max_steps = args.max_steps or cfg.data.max_steps
+        cfg.model.dtype = args.dtype or cfg.model.dtype
+        validate.check(cfg, "train")
+        embed_dim = args.embed_dim or cfg.model.embed_dim or text_width(cfg)
+        mesh = sharding.make_mesh(cfg.mesh)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}" + ("; pass --embed_dim" if isinstance(e, FileNotFoundError) else ""))
+    if cfg.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        sys.exit(f"error: batch {cfg.data.batch_size} is not divisible by the mesh's batch shards {dict(mesh.shape)}")
+
+    make_model = functools.partial(train.build_model, cfg, embed_dim, cfg.seed)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    tx, schedule = train.build_optimizer(cfg.optim, cfg.train.steps, train.decay_mask(abstract_params))
+    state_sh = train.train_state_shardings(tx, abstract_params, mesh)
+
+    @functools.partial(jax.jit, out_shardings=state_sh)
+    def init_state():
+        params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
+        return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+
+    batch = sharding.global_batch(random_batch(cfg, embed_dim), mesh)
+    step_fn = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh),
+                      in_shardings=(state_sh, {k: sharding.batch_sharding(mesh, 1) for k in batch}),
+                      out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+    state = init_state()
+    compiled = step_fn.lower(state, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    mem = common.compiled_memory(compiled)
+    peak_bytes = mem["argument"] + mem["output"] + mem["temp"] - mem["alias"]
+
+    def one_step() -> None:
+        nonlocal state
+        state, out = compiled(state, batch)
+        jax.block_until_ready(out)
+
+    step_s = common.median_seconds(one_step, args.steps, warmup=args.warmup)
+    device = jax.devices()[0]
+    peak = metrics.peak_flops(device)
+    patches = cfg.data.batch_size * cfg.data.max_steps
+    row = (common.today(), common.machine(None if device.platform == "cpu" else f"{device.device_kind} x{mesh.size}"),
+           common.command(), args.config, f"{cfg.data.batch_size} x {cfg.data.max_steps}", cfg.model.dtype,
+           f"{step_s:.3f}", f"{patches / step_s:.1f}", f"{flops * mesh.size / step_s / 1e12:.3f}",
+           f"{flops / step_s / peak:.1%}" if peak else "n/a", common.mib(peak_bytes))
+    print(f"{args.config}: {flops:.3e} FLOPs per device per step over {mesh.size} device(s), mesh {dict(mesh.shape)}")
+    common.print_table(COLUMNS[3:], [row[3:]])
+    if not args.no_write:
+        common.append_rows(TITLE, COLUMNS, [row], note=NOTE)
+
+
+if __name__ == "__main__":
+    main()
