@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import numpy as np
+from etils import epath
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """A workdir as an etils path: local paths made absolute, gs:// and other URIs kept."""
+    text = os.fspath(workdir)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 class Checkpointer:
@@ -33,7 +39,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = workdir_path(workdir) / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=options,

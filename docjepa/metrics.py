@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from etils import epath
 
 # Dense bf16 peak FLOP/s per device, from vendor datasheets (no sparsity). Used for MFU.
 PEAK_BF16_FLOPS = {
@@ -55,19 +56,27 @@ class MetricWriter:
 
     def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self._lines: list[str] = []  # object stores (gs://) cannot append: rewrite the file
         self._tb = None
         if self.enabled and tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, Any], *, log: bool = True) -> None:
         if not self.enabled:
             return
         clean = {k: float(np.asarray(v)) for k, v in scalars.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": int(step), **clean}) + "\n")
+        line = json.dumps({"step": int(step), **clean}) + "\n"
+        if "://" in os.fspath(self.path):
+            if not self._lines and self.path.exists():
+                self._lines = self.path.read_text().splitlines(keepends=True)
+            self._lines.append(line)
+            self.path.write_text("".join(self._lines))
+        else:
+            with self.path.open("a") as f:
+                f.write(line)
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(k, v, int(step))

@@ -7,7 +7,8 @@ The sweep config's `sweep(arg)` lists the grid points (dicts of config args) and
 
   local  run every unfinished point here, one after the other (finished points are skipped,
          an interrupted run resumes from its checkpoint), then fit;
-  print  print one train and one eval command per point, for a cluster launcher;
+  print  print one train and one eval command per point (--launcher slurm|tpu: the train
+         lines go through launch/slurm_gpu.sbatch or launch/tpu_pod.sh);
   fit    only collect the finished points and fit.
 
 The fit: total training compute C = (compiled FLOPs per device per step) x devices x steps,

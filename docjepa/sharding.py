@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -37,25 +38,28 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def maybe_initialize_distributed() -> None:
-    """Start multi-process JAX when a launcher said so (env vars or a cluster JAX detects).
+    """Start multi-process JAX when a launcher asked for it; single-process runs skip it.
 
-    `launch/local.sh` sets DOCJEPA_COORDINATOR / DOCJEPA_NUM_PROCESSES / DOCJEPA_PROCESS_ID;
-    SLURM and Cloud TPU are detected by `jax.distributed.initialize()` itself.
+    - `launch/local.sh` sets DOCJEPA_COORDINATOR / DOCJEPA_NUM_PROCESSES / DOCJEPA_PROCESS_ID
+      (explicit addresses; cluster auto-detection is switched off so that a local run inside
+      a SLURM allocation is not mistaken for the allocation's job).
+    - `launch/tpu_pod.sh` and `launch/slurm_gpu.sbatch` set DOCJEPA_DISTRIBUTED=auto: JAX
+      detects the TPU pod slice or the SLURM step (coordinator, process count and id) itself.
+    - Inside a SLURM job step with several tasks (`srun`), auto-detection is used as well.
     """
     if jax.distributed.is_initialized():
         return
+    # Only affects the CPU backend (gloo collectives); must be set before a backend exists.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     coord = os.environ.get("DOCJEPA_COORDINATOR")
     if coord:
-        # Only affects the CPU backend; must be set before any backend is initialised.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=coord,
             num_processes=int(os.environ["DOCJEPA_NUM_PROCESSES"]),
             process_id=int(os.environ["DOCJEPA_PROCESS_ID"]),
+            cluster_detection_method="deactivate",
         )
-    elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    elif os.environ.get("DOCJEPA_DISTRIBUTED") == "auto" or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         jax.distributed.initialize()
 
 
@@ -74,7 +78,12 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(f"config.mesh: sizes {sizes} use {int(np.prod(sizes))} of {len(devices)} devices")
-    device_array = np.asarray(devices).reshape(sizes)
+    # Topology-aware placement on TPU/GPU (neighbouring chips on the inner axes); a plain
+    # reshape on CPU. Devices stay grouped by process along the batch axes.
+    try:
+        device_array = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    except (NotImplementedError, ValueError, AssertionError):
+        device_array = np.asarray(devices).reshape(sizes)
     return Mesh(device_array, MESH_AXES)
 
 

@@ -152,7 +152,7 @@ def main(argv: list[str]) -> None:
 
     # ------------------------------------------------------------------ config
     cfg = FLAGS.config
-    workdir = Path(FLAGS.workdir)
+    workdir = checkpoint.workdir_path(FLAGS.workdir)
     try:
         validate.check(cfg, "train")
         manifest = pipeline.read_manifest(cfg.data.dir)

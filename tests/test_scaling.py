@@ -142,7 +142,7 @@ def test_local_sweep_end_to_end(tmp_path, synth_corpus, jax_cache):
     first = train_utils.run(cmd, cache=jax_cache, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     result = json.loads((tmp_path / "scaling.json").read_text())
-    assert [p["name"] for p in result["points"]] == ["size-xs_steps-2_cpu", "size-s_steps-2_cpu"]
+    assert [p["name"] for p in result["points"]] == ["size-xs_steps-2_batch-2_cpu", "size-s_steps-2_batch-2_cpu"]
     for p in result["points"]:
         run = tmp_path / "runs" / p["name"]
         flops = next(r for r in metrics.read_jsonl(run / "metrics.jsonl") if "flops_per_device_step" in r)
