@@ -19,7 +19,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.data.max_pages = 2
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 15
-    c.train.steps = 150
+    # SigLIP's b = -10 suits batches of 32k; with 64 windows per step it leaves the negatives
+    # without gradient for thousands of steps and the embeddings collapse onto the mean text.
+    # b near -log(64) balances positives against negatives from the first step.
+    c.loss.bias_init = -4.0
+    c.train.steps = 300
     c.train.log_every = 10
     c.train.ckpt_every = 50
     c.train.eval_every = 0
