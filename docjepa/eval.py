@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -406,10 +407,9 @@ def plot_retrieval_grid(f: Features, data_dir: str, split: str, path: Path, n_qu
     plt.close(fig)
 
 
-def write_report(workdir: Path, step: int, runs: dict[str, dict[str, float]], feats: dict[str, Features],
+def write_report(out: Path, step: int, runs: dict[str, dict[str, float]], feats: dict[str, Features],
                  data_dir: str, split: str) -> Path:
-    """DIR/eval/step_N.{json,md} and the two PNGs; returns the JSON path."""
-    out = workdir / "eval"
+    """OUT/step_N.{json,md} and the two PNGs; returns the JSON path."""
     out.mkdir(parents=True, exist_ok=True)
     flat = {}
     for name, r in runs.items():
@@ -512,7 +512,11 @@ def main(argv: list[str]) -> None:
         runs[name], feats[name] = ev.run(other.params, tag=name)
 
     if jax.process_index() == 0:
-        path = write_report(workdir, main_run.step, runs, feats, data_dir, evaluation.val_split)
+        # The training data's report goes to DIR/eval; another corpus's to DIR/eval/<its name>.
+        out = workdir / "eval"
+        if os.path.abspath(data_dir) != os.path.abspath(cfg.data.dir):
+            out = out / os.path.basename(os.path.normpath(data_dir))
+        path = write_report(out, main_run.step, runs, feats, data_dir, evaluation.val_split)
         print(markdown_table(runs))
         print(f"wrote {path}")
 

@@ -76,8 +76,8 @@ def test_eval_cli_end_to_end(synth_corpus, tmp_path, jax_cache):
     wd = tmp_path / "w"
     r = tu.run(tu.train_cmd(synth_corpus, wd, 2), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
-    cmd = [sys.executable, "-m", "docjepa.eval", *tu.FAST, f"--workdir={wd}", f"--data={synth_corpus}",
-           "--config.evals.max_examples=16"]
+    cmd = [sys.executable, "-m", "docjepa.eval", *tu.FAST, f"--workdir={wd}",
+           f"--config.data.dir={synth_corpus}", "--config.evals.max_examples=16"]
     r = tu.run(cmd, cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((wd / "eval" / "step_2.json").read_text())
@@ -88,3 +88,11 @@ def test_eval_cli_end_to_end(synth_corpus, tmp_path, jax_cache):
     for name in ("step_2.md", "step_2_recall.png", "step_2_retrieval_grid.png"):
         assert (wd / "eval" / name).stat().st_size > 0
     assert "| retrieval/window/i2t_r1 |" in r.stdout
+    # Another prepared corpus (--data) is reported beside, not over, the training data's report.
+    cmd = [sys.executable, "-m", "docjepa.eval", *tu.FAST, f"--workdir={wd}", f"--data={synth_corpus}",
+           "--random_init=false", "--config.evals.names=('retrieval',)", "--config.evals.max_examples=8"]
+    r = tu.run(cmd, cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    other = json.loads((wd / "eval" / synth_corpus.name / "step_2.json").read_text())
+    assert "retrieval/page/i2t_r1" in other and "random_init/val/loss" not in other
+    assert json.loads((wd / "eval" / "step_2.json").read_text()) == result
