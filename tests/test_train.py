@@ -23,16 +23,6 @@ from docjepa.data.record import decode_record, encode_record
 pytestmark = pytest.mark.xdist_group("train")
 
 
-@pytest.fixture
-def data(synth_corpus):
-    return synth_corpus
-
-
-@pytest.fixture
-def cache(jax_cache):
-    return jax_cache
-
-
 def _cfg():
     cfg = demo.get_config("quick")
     cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages = 4, 4, 2
@@ -112,8 +102,8 @@ def test_nonfinite_step_is_skipped():
     jax.tree.map(np.testing.assert_array_equal, after, before)
 
 
-def test_bad_config_fails_before_compiling(data, tmp_path):
-    r = tu.run(tu.train_cmd(data, tmp_path / "w", 2, "--config.data.batch_size=0"))
+def test_bad_config_fails_before_compiling(synth_corpus, tmp_path):
+    r = tu.run(tu.train_cmd(synth_corpus, tmp_path / "w", 2, "--config.data.batch_size=0"))
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1] == "error: config.data.batch_size: must be a positive integer (got 0)"
     assert not (tmp_path / "w" / "checkpoints").exists()
@@ -140,11 +130,11 @@ def _poison(src, dst):
     return dst
 
 
-def test_nan_guard_stops_after_k_in_a_row(data, tmp_path, cache):
-    bad = _poison(data, tmp_path / "bad")
+def test_nan_guard_stops_after_k_in_a_row(synth_corpus, tmp_path, jax_cache):
+    bad = _poison(synth_corpus, tmp_path / "bad")
     wd = tmp_path / "w"
     r = tu.run(tu.train_cmd(bad, wd, 20, "--config.train.max_nonfinite=3", "--config.train.ckpt_every=1"),
-               cache=cache)
+               cache=jax_cache)
     assert r.returncode != 0
     assert "3 consecutive non-finite steps" in r.stderr.strip().splitlines()[-1]
     assert tu.checkpoint_steps(wd)  # saved along the way ...
@@ -152,14 +142,14 @@ def test_nan_guard_stops_after_k_in_a_row(data, tmp_path, cache):
         assert all(np.isfinite(v).all() for v in tu.load_params(wd, step).values())
 
 
-def test_two_processes_train_checkpoint_and_resume(data, tmp_path, cache):
+def test_two_processes_train_checkpoint_and_resume(synth_corpus, tmp_path, jax_cache):
     """launch/local.sh: 2 processes x 2 CPU devices (gloo), each reading its own shard."""
     wd = tmp_path / "w"
 
     def launch(steps):
-        cmd = ["bash", "launch/local.sh", "2", "--cpu-devices", "2", "--", *tu.train_cmd(data, wd, steps,
+        cmd = ["bash", "launch/local.sh", "2", "--cpu-devices", "2", "--", *tu.train_cmd(synth_corpus, wd, steps,
                "--config.train.ckpt_every=3", "--config.data.batch_size=4")]
-        e = tu.env(cache=cache)
+        e = tu.env(cache=jax_cache)
         e["LOG_DIR"] = str(tmp_path / f"logs{steps}")
         r = subprocess.run(cmd, cwd=tu.ROOT, env=e, capture_output=True, text=True, timeout=900)
         other = (tmp_path / f"logs{steps}" / "process_1.log").read_text()
@@ -174,18 +164,18 @@ def test_two_processes_train_checkpoint_and_resume(data, tmp_path, cache):
     assert tu.checkpoint_steps(wd) == [3, 5]
 
 
-def test_kill9_resume_is_bitwise_identical(data, tmp_path, cache):
+def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
     args = ("--config.train.ckpt_every=2",)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    r = tu.run(tu.train_cmd(data, straight, 6, *args), cache=cache)
+    r = tu.run(tu.train_cmd(synth_corpus, straight, 6, *args), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
-    proc = subprocess.Popen(tu.train_cmd(data, crashed, 6, *args), cwd=tu.ROOT, env=tu.env(cache=cache),
+    proc = subprocess.Popen(tu.train_cmd(synth_corpus, crashed, 6, *args), cwd=tu.ROOT, env=tu.env(cache=jax_cache),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     tu.wait_for_step(crashed, 5, proc)
     proc.kill()  # SIGKILL between the checkpoints of steps 4 and 6
     proc.wait()
     assert 6 not in tu.checkpoint_steps(crashed)
-    r = tu.run(tu.train_cmd(data, crashed, 6, *args), cache=cache)
+    r = tu.run(tu.train_cmd(synth_corpus, crashed, 6, *args), cache=jax_cache)
     assert r.returncode == 0 and "resumed from step" in r.stderr
     a, b = tu.load_params(straight, 6), tu.load_params(crashed, 6)
     assert a.keys() == b.keys()
@@ -193,17 +183,17 @@ def test_kill9_resume_is_bitwise_identical(data, tmp_path, cache):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_sigterm_saves_current_step_and_exits_zero(data, tmp_path, cache):
+def test_sigterm_saves_current_step_and_exits_zero(synth_corpus, tmp_path, jax_cache):
     wd = tmp_path / "w"
-    proc = subprocess.Popen(tu.train_cmd(data, wd, 1000, "--config.train.ckpt_every=1000"), cwd=tu.ROOT,
-                            env=tu.env(cache=cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(tu.train_cmd(synth_corpus, wd, 1000, "--config.train.ckpt_every=1000"), cwd=tu.ROOT,
+                            env=tu.env(cache=jax_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     tu.wait_for_step(wd, 2, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     steps = tu.checkpoint_steps(wd)
     assert len(steps) == 1 and 2 <= steps[0] < 1000 and f"SIGTERM: saving step {steps[0]}" in err
-    r = tu.run(tu.train_cmd(data, wd, steps[0] + 2, "--config.train.ckpt_every=1000"), cache=cache)
+    r = tu.run(tu.train_cmd(synth_corpus, wd, steps[0] + 2, "--config.train.ckpt_every=1000"), cache=jax_cache)
     assert r.returncode == 0 and f"resumed from step {steps[0]}" in r.stderr
     assert tu.checkpoint_steps(wd)[-1] == steps[0] + 2
 
