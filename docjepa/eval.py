@@ -118,7 +118,6 @@ class Features:
     doc: np.ndarray
     doc_txt: np.ndarray
     doc_ids: np.ndarray
-    doc_category: np.ndarray
     layout_x: np.ndarray        # [tokens, C] Hiera stage features
     layout_y: np.ndarray        # [tokens] layout class index (0 = background)
     val_loss: float
@@ -203,7 +202,6 @@ class FeatureExtractor:
                 txt = batch["page_emb"][b][present].mean(0) if present.any() else batch["page_emb"][b][0]
                 cols["doc_txt"].append(txt[None])
                 cols["doc_ids"].append(np.array([rec_i * 4096 + chunk_i]))
-                cols["doc_category"].append(batch["category_id"][b : b + 1])
                 if want_layout:
                     grid = out["stage"].shape[2]
                     labels = layout_labels(rec, rec["windows"][start:end], grid)

@@ -68,7 +68,9 @@ RULES: dict[str, Rule] = {
     "data.min_words": (_nonneg_int, "must be a non-negative integer"),
     "data.batch_size": (_pos_int, "must be a positive integer"),
     "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
-    "model.hiera.drop_path_rate": (_fraction, "must be in [0, 1)"),
+    # Hiera implements stochastic depth, but the train step runs the model deterministically
+    # (no dropout RNG is threaded through the state yet): refuse rather than silently ignore.
+    "model.hiera.drop_path_rate": (lambda v: v == 0, "must be 0 (stochastic depth is not wired into training)"),
     "model.hiera.init_from": (lambda v: v == "" or (isinstance(v, str) and v.endswith(".safetensors")
                                                     and os.path.isfile(v)),
                               "must be '' or an existing .safetensors file of Meta's Hiera weights"),
