@@ -8,7 +8,6 @@ pages (padding, fewer than `min_words` words) take no part in the loss.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections as mlc
 from jax.sharding import Mesh
 

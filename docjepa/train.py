@@ -8,11 +8,9 @@ runs on a laptop CPU, a GPU cluster (SLURM) and a TPU pod slice (one process per
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
