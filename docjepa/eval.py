@@ -151,11 +151,11 @@ class FeatureExtractor:
 
         def forward(params, batch):
             model = nnx.merge(graphdef, params)
-            out = model(batch["patches"], batch["step_mask"], batch["page_ids"], max_pages=cfg.data.max_pages)
+            out = model(batch["patches"], batch["step_mask"], batch["page_ids"], max_pages=cfg.data.max_pages,
+                        stage=self.stage)
             loss, _ = objective.loss_terms(model, out, batch, _no_chunk(cfg.loss))
-            out = {k: out[k] for k in ("window", "page", "doc")}
-            out["stage"] = model.stage_features(batch["patches"], self.stage).astype(jnp.float32)
-            out["loss"] = loss
+            out = {k: out[k] for k in ("window", "page", "doc")} | {"stage": out["stage"].astype(jnp.float32),
+                                                                    "loss": loss}
             return out
 
         self.forward = jax.jit(forward, in_shardings=(param_sh, bsh), out_shardings=sharding.replicated(mesh))

@@ -78,19 +78,21 @@ class DocJEPA(nnx.Module):
         x = (patches.astype(jnp.float32) - _MEAN) / _STD
         return x.reshape(-1, *patches.shape[-3:]).astype(self.dtype)
 
-    def encode_patches(self, patches: jax.Array) -> jax.Array:
-        """uint8 [..., H, W, 3] -> Hiera tokens [..., N, C] (leading dims flattened and restored)."""
-        tokens = self.encoder(self._pixels(patches))
-        return tokens.reshape(*patches.shape[:-3], *tokens.shape[1:])
-
-    def stage_features(self, patches: jax.Array, stage: int) -> jax.Array:
-        """Hiera feature map of `stage` in image layout, [..., h, w, C] (for layout probes)."""
-        _, stages = self.encoder(self._pixels(patches), return_intermediates=True)
-        return stages[stage].reshape(*patches.shape[:-3], *stages[stage].shape[1:])
+    def encode_patches(self, patches: jax.Array, stage: int | None = None) -> tuple[jax.Array, jax.Array | None]:
+        """uint8 [..., H, W, 3] -> Hiera tokens [..., N, C] and, if `stage` is given, that
+        stage's feature map [..., h, w, C] (layout probes) from the same forward pass."""
+        lead = patches.shape[:-3]
+        if stage is None:
+            tokens, feats = self.encoder(self._pixels(patches)), None
+        else:
+            tokens, stages = self.encoder(self._pixels(patches), return_intermediates=True)
+            feats = stages[stage].reshape(*lead, *stages[stage].shape[1:])
+        return tokens.reshape(*lead, *tokens.shape[1:]), feats
 
     def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, *,
-                 max_pages: int) -> dict[str, jax.Array]:
-        tokens = self.encode_patches(patches)                              # [B, S, N, C]
+                 max_pages: int, stage: int | None = None) -> dict[str, jax.Array]:
+        """Embeddings per step, page and example; with `stage`, also that Hiera stage's maps."""
+        tokens, feats = self.encode_patches(patches, stage)                # [B, S, N, C]
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
         if self.ttm is not None:
@@ -109,4 +111,5 @@ class DocJEPA(nnx.Module):
             "page": self.page_head(pages),
             "doc": self.doc_head(doc),
             "page_present": onehot.any(axis=1),
+            **({} if feats is None else {"stage": feats}),
         }
