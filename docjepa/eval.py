@@ -191,7 +191,9 @@ class FeatureExtractor:
                 if not ex[b]:
                     continue
                 rec_i, chunk_i = int(batch["record_index"][b]), int(batch["chunk_index"][b])
-                rec = records.get(rec_i) or records.setdefault(rec_i, pipeline.load_record(data_dir, split, rec_i))
+                if rec_i not in records:
+                    records[rec_i] = pipeline.load_record(data_dir, split, rec_i, pages=False)
+                rec = records[rec_i]
                 start, end = pipeline.plan_chunks(rec["windows"][:, 0], self.cfg.data.max_steps,
                                                   self.cfg.data.max_pages)[chunk_i]
                 pages = np.unique(rec["windows"][start:end, 0])
@@ -384,7 +386,7 @@ def plot_retrieval_grid(f: Features, data_dir: str, split: str, path: Path, n_qu
     def page_text(i: int) -> str:
         rec_i, page = f.page_ref[i]
         if rec_i not in texts:
-            texts[rec_i] = pipeline.load_record(data_dir, split, int(rec_i))["page_text"]
+            texts[rec_i] = pipeline.load_record(data_dir, split, int(rec_i), pages=False)["page_text"]
         return texts[rec_i][page]
 
     for row, (q, s) in enumerate(zip(picks, sims)):
@@ -453,9 +455,7 @@ class Restored:
         self.params, self.step = None, 0
         ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
         if ckpt.latest_step() is not None:
-            abstract = checkpoint.abstract_with_shardings(
-                {"params": nnx.to_pure_dict(abstract_params), "opt": jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params)),
-                 "step": jax.ShapeDtypeStruct((), jnp.int32)}, state_sh)
+            abstract = checkpoint.abstract_with_shardings(train.abstract_train_state(tx, abstract_params), state_sh)
             state = ckpt.restore(step, abstract)
             self.params, self.step = state["params"], int(state["step"])
         elif step is not None:

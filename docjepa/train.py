@@ -77,11 +77,18 @@ def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.G
     return optax.chain(*parts), schedule
 
 
+def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.State) -> dict[str, Any]:
+    """The train state {params, opt, step} as ShapeDtypeStructs: what init, restore and
+    the shardings agree on."""
+    params = nnx.to_pure_dict(abstract_params)
+    return {"params": params, "opt": jax.eval_shape(tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+
+
 def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx.State,
                           mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """Shardings of {params, opt, step}: params by logical rules, optimizer moments alike."""
     param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
-    abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
+    abstract_opt = abstract_train_state(tx, abstract_params)["opt"]
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
                                    transform_non_params=lambda _: sharding.replicated(mesh))
     return {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
@@ -207,7 +214,7 @@ def main(argv: list[str]) -> None:
 
     # -------------------------------------------------------------- checkpoint
     ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep)
-    abstract_state = checkpoint.abstract_with_shardings(jax.eval_shape(init_state), state_sh)
+    abstract_state = checkpoint.abstract_with_shardings(abstract_train_state(tx, abstract_params), state_sh)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(None, abstract_state, train_iter)
         log.info("resumed from step %d", int(state["step"]))

@@ -319,9 +319,8 @@ def eval_batches(
                           "batch_size": batch_size})
     for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0), ("batch_size", 1)):
         _check_int(cfg, name, minimum)
-    manifest = read_manifest(data_dir)
-    source = grain.sources.ArrayRecordDataSource(_split_files(data_dir, manifest, split))
-    spec = _spec(manifest, max_steps, max_pages, min_words)
+    source = _source(data_dir, split)
+    spec = _spec(read_manifest(data_dir), max_steps, max_pages, min_words)
     limit = float("inf") if max_examples is None else max_examples
     pending: list[dict[str, np.ndarray]] = []
     count = 0
@@ -342,11 +341,13 @@ def eval_batches(
         yield _stack(pending + [spec.empty() for _ in range(batch_size - len(pending))])
 
 
-def load_record(data_dir: str, split: str, record_index: int) -> dict[str, Any]:
-    """A whole decoded record: all stored fields plus `pages` (RGB uint8 arrays)."""
+def load_record(data_dir: str, split: str, record_index: int, *, pages: bool = True) -> dict[str, Any]:
+    """A whole decoded record: all stored fields plus, with `pages`, the RGB uint8 page images
+    (callers that only need windows, words or texts skip the PNG decoding)."""
     source = _source(data_dir, split)
     if not 0 <= record_index < len(source):
         raise DataError(f"record_index: {record_index} not in [0, {len(source)}) for split {split!r}")
     rec = decode_record(source[record_index])
-    rec["pages"] = [_decode_png(b) for b in rec["pages_png"]]
+    if pages:
+        rec["pages"] = [_decode_png(b) for b in rec["pages_png"]]
     return rec
