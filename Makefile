@@ -4,8 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 DEMO_DATA ?= data/demo
-APT_PACKAGES := tesseract-ocr tesseract-ocr-eng fonts-dejavu-core fonts-liberation
+APT_PACKAGES := tesseract-ocr tesseract-ocr-eng fonts-dejavu-core fonts-liberation libtcmalloc-minimal4
 export PYTHONPATH := $(CURDIR)
+# XLA:CPU frees and re-allocates each step's large buffers; glibc hands them back to the kernel,
+# so every step page-faults them in again (a third of the demo's CPU time went to the kernel).
+# tcmalloc keeps them: CPU train steps 1.48x faster (BENCHMARKS.md). Resolved when a recipe
+# runs, after sysdeps has installed it; an empty LD_PRELOAD is harmless.
+RUN = LD_PRELOAD="$$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1)" \
+	TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=68719476736 $(PY)
 
 .PHONY: demo test venv dev sysdeps bench clean
 
@@ -35,19 +41,19 @@ sysdeps:
 # Prepare (skipped when done), train the model and its no-memory ablation, evaluate both
 # against the random-initialised twin and chance. Re-running resumes finished steps.
 demo: venv sysdeps
-	$(PY) -m docjepa.prepare --config configs/demo.py --out $(DEMO_DATA)
-	$(PY) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR) --config.data.dir=$(DEMO_DATA)
-	$(PY) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR)_no_memory --config.data.dir=$(DEMO_DATA) \
+	$(RUN) -m docjepa.prepare --config configs/demo.py --out $(DEMO_DATA)
+	$(RUN) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR) --config.data.dir=$(DEMO_DATA)
+	$(RUN) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR)_no_memory --config.data.dir=$(DEMO_DATA) \
 	  --config.model.ttm.use_memory=False --config.evals.in_train="()"
-	$(PY) -m docjepa.eval --config configs/demo.py --workdir $(DEMO_DIR) --data $(DEMO_DATA) \
+	$(RUN) -m docjepa.eval --config configs/demo.py --workdir $(DEMO_DIR) --data $(DEMO_DATA) \
 	  --compare no_memory=$(DEMO_DIR)_no_memory
 
 # Runs the suite on all cores; pytest's exit code 5 ("no tests collected") is a failure here.
 test: dev sysdeps
-	$(PY) -m pytest -q -n auto --dist loadgroup tests
+	$(RUN) -m pytest -q -n auto --dist loadgroup tests
 
 bench: dev
-	$(PY) bench/run_all.py
+	$(RUN) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

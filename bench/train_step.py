@@ -68,6 +68,7 @@ def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0) -> dict[str
         "patches": rng.integers(0, 256, (b, s, w, w, 3), dtype=np.uint8),
         "step_mask": np.ones((b, s), bool),
         "page_ids": page_ids,
+        "window_box": np.broadcast_to(np.array([0.0, 0.0, 0.5, 0.35], np.float32), (b, s, 4)),
         "window_emb": rng.standard_normal((b, s, embed_dim), np.float32),
         "window_mask": np.ones((b, s), bool),
         "window_text_id": np.arange(b * s, dtype=np.int32).reshape(b, s),

@@ -60,6 +60,9 @@ def base() -> mlc.ConfigDict:
     c.model.ttm.num_heads = 4
     c.model.ttm.dim = 0                  # 0 = Hiera's output width
     c.model.ttm.use_memory = True        # False: the no-memory ablation (mean over patch tokens)
+    c.model.window_position = True       # add an embedding of each window's box on its page
+    c.model.center_features = True       # centre window/document features before the heads
+    c.model.center_momentum = 0.9        # running mean used at evaluation (EMA per step)
     c.model.embed_dim = 0                # 0 = the text encoder's width, read from the manifest
     c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay fp32)
 
@@ -67,9 +70,14 @@ def base() -> mlc.ConfigDict:
     c.loss = mlc.ConfigDict()
     c.loss.window_weight = 1.0
     c.loss.page_weight = 1.0
+    c.loss.doc_weight = 1.0              # document (TTM memory) <-> mean of its page texts
     c.loss.chunked = False               # ring-chunked SigLIP over the batch axes of the mesh
     c.loss.t_prime_init = 2.302585       # log(10), SigLIP
-    c.loss.bias_init = -10.0
+    # SigLIP's b = -10 was chosen for batches of 32k pairs, i.e. about -log(n). bias_init_auto
+    # starts each level at -log(n) for its own n (windows, pages, documents of the global batch):
+    # b moves only about lr per Adam step, so a b far from -log(n) stays wrong for many steps.
+    c.loss.bias_init = -10.0             # used when bias_init_auto is False
+    c.loss.bias_init_auto = True
 
     # Optimiser.
     c.optim = mlc.ConfigDict()

@@ -131,7 +131,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.data.dir = "data/demo"
         c.data.batch_size, c.data.max_steps, c.data.max_pages = 4, 8, 2
         c.optim.lr, c.optim.warmup_steps = 2e-3, 10
-        c.loss.bias_init = -4.0           # small batches: see configs/demo.py
         steps = args["steps"] or 60
         c.evals.names = ("retrieval",)
         c.evals.max_examples = 64

@@ -151,8 +151,8 @@ class FeatureExtractor:
 
         def forward(params, batch):
             model = nnx.merge(graphdef, params)
-            out = model(batch["patches"], batch["step_mask"], batch["page_ids"], max_pages=cfg.data.max_pages,
-                        stage=self.stage)
+            out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
+                        max_pages=cfg.data.max_pages, stage=self.stage)
             loss, _ = objective.loss_terms(model, out, batch, _no_chunk(cfg.loss))
             out = {k: out[k] for k in ("window", "page", "doc")} | {"stage": out["stage"].astype(jnp.float32),
                                                                     "loss": loss}
@@ -176,6 +176,7 @@ class FeatureExtractor:
             local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in train.STEP_FIELDS}
             out = jax.device_get(self.forward(params, sharding.global_batch(local, self.mesh)))
             ex = batch["example_mask"]
+            doc_txt = np.asarray(objective.doc_targets(batch["page_emb"], batch["page_mask"]))
             if ex.any():
                 losses.append(float(out["loss"]))
             wm = batch["window_mask"] & ex[:, None]
@@ -198,10 +199,8 @@ class FeatureExtractor:
                                                   self.cfg.data.max_pages)[chunk_i]
                 pages = np.unique(rec["windows"][start:end, 0])
                 cols["page_ref"].append(np.stack([np.full(len(pages), rec_i), pages], 1)[pm[b][: len(pages)]])
-                present = batch["page_mask"][b]
                 cols["doc"].append(out["doc"][b : b + 1])
-                txt = batch["page_emb"][b][present].mean(0) if present.any() else batch["page_emb"][b][0]
-                cols["doc_txt"].append(txt[None])
+                cols["doc_txt"].append(doc_txt[b : b + 1])
                 cols["doc_ids"].append(np.array([rec_i * 4096 + chunk_i]))
                 if want_layout:
                     grid = out["stage"].shape[2]

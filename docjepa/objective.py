@@ -1,13 +1,18 @@
-"""The training objective: SigLIP on windows and on pages, shared by train and eval.
+"""The training objective: SigLIP on windows, pages and documents, shared by train and eval.
 
 Targets are the frozen text embeddings stored with the records. Identical target texts in
 the global batch are positives of each other (labels from text ids), and masked steps or
-pages (padding, fewer than `min_words` words) take no part in the loss.
+pages (padding, fewer than `min_words` words) take no part in the loss. An example's
+document target is the mean of its page targets; its image side is the TTM memory read
+out by the document head, so the memory is trained to summarise what it has read.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
 import ml_collections as mlc
 from jax.sharding import Mesh
 
@@ -26,6 +31,25 @@ def _siglip(z: jax.Array, t: jax.Array, ids: jax.Array, mask: jax.Array, scale: 
     return losses.sigmoid_loss(z, t, t_prime, b, labels=losses.labels_from_ids(ids, ids), mask=mask)
 
 
+TERMS = ("loss/window", "loss/page", "loss/doc")
+
+
+def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict) -> dict[str, float]:
+    """Initial SigLIP bias per level: `loss.bias_init`, or with `loss.bias_init_auto` -log(n)
+    where n is the level's item count in the global batch (windows, pages, documents)."""
+    b = data_cfg.batch_size
+    counts = {"window": b * data_cfg.max_steps, "page": b * data_cfg.max_pages, "doc": b}
+    if loss_cfg.bias_init_auto:
+        return {level: -math.log(max(n, 2)) for level, n in counts.items()}
+    return {level: float(loss_cfg.bias_init) for level in counts}
+
+
+def doc_targets(page_emb: jax.Array, page_mask: jax.Array) -> jax.Array:
+    """[B, P, C] page targets, [B, P] mask -> [B, C]: the mean of each example's valid pages."""
+    w = page_mask.astype(jnp.float32)[..., None]
+    return jnp.sum(l2_normalize(page_emb) * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+
+
 def loss_terms(model, out: dict[str, jax.Array], batch: dict[str, jax.Array], cfg: mlc.ConfigDict,
                mesh: Mesh | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted total loss and its named terms for one (micro)batch."""
@@ -34,5 +58,8 @@ def loss_terms(model, out: dict[str, jax.Array], batch: dict[str, jax.Array], cf
     page_mask = batch["page_mask"] & out["page_present"]
     page = _siglip(out["page"], batch["page_emb"], batch["page_text_id"], page_mask,
                    model.page_scale, cfg.chunked, mesh)
-    total = cfg.window_weight * window + cfg.page_weight * page
-    return total, {"loss/window": window, "loss/page": page}
+    doc_mask = page_mask.any(axis=-1)
+    doc = _siglip(out["doc"], doc_targets(batch["page_emb"], page_mask), jnp.full(doc_mask.shape, -1, jnp.int32),
+                  doc_mask, model.doc_scale, cfg.chunked, mesh)
+    total = cfg.window_weight * window + cfg.page_weight * page + cfg.doc_weight * doc
+    return total, {"loss/window": window, "loss/page": page, "loss/doc": doc}

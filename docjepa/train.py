@@ -27,7 +27,7 @@ from docjepa import checkpoint, metrics, objective, sharding, validate
 from docjepa import eval as evaluation
 from docjepa.data import pipeline
 from docjepa.models import hiera
-from docjepa.models.docjepa import DocJEPA
+from docjepa.models.docjepa import DocJEPA, update_running_means
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("docjepa.train")
@@ -40,8 +40,8 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 # Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
-STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_emb", "window_mask", "window_text_id",
-               "page_emb", "page_mask", "page_text_id")
+STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "window_emb", "window_mask",
+               "window_text_id", "page_emb", "page_mask", "page_text_id")
 
 
 class NonFiniteError(RuntimeError):
@@ -49,7 +49,8 @@ class NonFiniteError(RuntimeError):
 
 
 def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int) -> DocJEPA:
-    return DocJEPA(cfg.model, embed_dim=embed_dim, loss_cfg=cfg.loss, rngs=nnx.Rngs(seed))
+    return DocJEPA(cfg.model, embed_dim=embed_dim, loss_cfg=cfg.loss, rngs=nnx.Rngs(seed),
+                   bias_init=objective.bias_inits(cfg.loss, cfg.data))
 
 
 def embed_dim_of(cfg: mlc.ConfigDict, manifest: dict[str, Any]) -> int:
@@ -108,28 +109,29 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params)
-        out = model(batch["patches"], batch["step_mask"], batch["page_ids"], max_pages=cfg.data.max_pages)
+        out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
+                    max_pages=cfg.data.max_pages, train=True)
         total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh)
-        return total, terms
+        return total, (terms, out["feature_means"])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state, batch):
         params = state["params"]
         if accum == 1:
-            (loss, terms), grads = grad_fn(params, batch)
+            (loss, (terms, means)), grads = grad_fn(params, batch)
         else:  # microbatches in a scan: activations of one microbatch alive at a time
             micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
             def body(carry, mb):
-                (l, t), g = grad_fn(params, mb)
-                return jax.tree.map(jnp.add, carry, (l, t, g)), None
+                return jax.tree.map(jnp.add, carry, grad_fn(params, mb)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), {k: jnp.float32(0) for k in ("loss/window", "loss/page")}, params))
-            (loss, terms, grads), _ = jax.lax.scan(body, zeros, micro)
-            loss, terms, grads = jax.tree.map(lambda x: x / accum, (loss, terms, grads))
+            shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            ((loss, (terms, means)), grads), _ = jax.lax.scan(body, zeros, micro)
+            loss, terms, means, grads = jax.tree.map(lambda x: x / accum, (loss, terms, means, grads))
         updates, opt = tx.update(grads, state["opt"], params)
-        new_params = optax.apply_updates(params, updates)
+        new_params = update_running_means(optax.apply_updates(params, updates), means, cfg.model.center_momentum)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
@@ -138,14 +140,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             "opt": jax.tree.map(keep, opt, state["opt"]),
             "step": state["step"] + 1,
         }
-        scales = params["window_scale"], params["page_scale"]
         out = {
             "loss": loss, **terms, "grad_norm": grad_norm, "lr": schedule(state["step"]),
             "finite": finite.astype(jnp.float32),
-            "t/window": jnp.exp(scales[0]["t_prime"]), "b/window": scales[0]["b"],
-            "t/page": jnp.exp(scales[1]["t_prime"]), "b/page": scales[1]["b"],
             "patches": jnp.sum(batch["step_mask"]).astype(jnp.float32),
         }
+        for level in ("window", "page", "doc"):
+            scale = params[f"{level}_scale"]
+            out[f"t/{level}"], out[f"b/{level}"] = jnp.exp(scale["t_prime"]), scale["b"]
         return new_state, out
 
     return step

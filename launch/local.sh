@@ -27,6 +27,12 @@ done
 [[ $# -ge 2 && "$1" == "--" ]] || usage
 shift
 
+# tcmalloc keeps XLA:CPU's per-step buffers instead of returning them to the kernel (see Makefile).
+if [[ -z "${LD_PRELOAD:-}" ]]; then
+  tcmalloc=$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1 || true)
+  [[ -n "$tcmalloc" ]] && export LD_PRELOAD=$tcmalloc TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=68719476736
+fi
+
 LOG_DIR=${LOG_DIR:-$(mktemp -d -t docjepa-local-XXXXXX)}
 mkdir -p "$LOG_DIR"
 echo "launch/local.sh: $K processes, coordinator 127.0.0.1:$PORT, logs of processes 1..$((K - 1)) in $LOG_DIR" >&2

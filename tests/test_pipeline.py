@@ -126,11 +126,14 @@ def test_chunk_alignment_masks_and_padding(tmp_path):
         np.testing.assert_allclose(batch["window_emb"][b, :n, 0], w + 0.5)
         np.testing.assert_array_equal(batch["window_mask"][b, :n], w % 5 >= 2)
         np.testing.assert_array_equal(batch["window_text_id"][b, :n], np.where(w % 5 == 0, -1, 7000 + w))
+        # Boxes as fractions of the 2-window-wide, 4-row page: column c, row r -> (c/2, r/4, ...).
+        col, row = (w % 8) % 2, (w % 8) // 2
+        np.testing.assert_allclose(batch["window_box"][b, :n], np.stack([col / 2, row / 4, (col + 1) / 2, (row + 1) / 4], 1))
     np.testing.assert_allclose(batch["page_emb"][0, :2, 0], [0.25, 1.25])
     np.testing.assert_array_equal(batch["page_mask"], [[True, False, False, False], [True] + [False] * 3, [False] * 4])
     np.testing.assert_array_equal(batch["page_text_id"][:, :2], [[700, 701], [702, -1], [-1, -1]])
     assert not batch["patches"][2].any() and not batch["window_mask"][2].any()
-    assert (batch["page_ids"][2] == -1).all()
+    assert (batch["page_ids"][2] == -1).all() and not batch["window_box"][1, 8:].any()
 
 
 def test_eval_single_pass_and_max_examples(corpus):

@@ -141,6 +141,7 @@ class _Spec:
             "patches": np.zeros((s, w, w, 3), np.uint8),
             "step_mask": np.zeros((s,), bool),
             "page_ids": np.full((s,), -1, np.int32),
+            "window_box": np.zeros((s, 4), np.float32),
             "window_emb": np.zeros((s, d), np.float32),
             "window_mask": np.zeros((s,), bool),
             "window_text_id": np.full((s,), -1, np.int32),
@@ -172,12 +173,15 @@ class _Spec:
         boxes = doc["windows"][s:e]
         page_ids = boxes[:, 0] - first
         patches = np.empty((n, self.window, self.window, 3), np.uint8)
+        ex = self.empty()
         for i, png in enumerate(chunk["pngs"]):
             rows = np.flatnonzero(page_ids == i)
-            patches[rows] = patchify.cut_windows(_decode_png(png), boxes[rows, 1:5])
+            page = _decode_png(png)
+            patches[rows] = patchify.cut_windows(page, boxes[rows, 1:5])
+            h, w = page.shape[:2]
+            ex["window_box"][rows] = boxes[rows, 1:5] / np.array([w, h, w, h], np.float32)
         if rng is not None:
             patches = augment(patches, rng)
-        ex = self.empty()
         ex["patches"][:n] = patches
         ex["step_mask"][:n] = True
         ex["page_ids"][:n] = page_ids

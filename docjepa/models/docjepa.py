@@ -1,7 +1,8 @@
 """The composed model: Hiera per patch -> Token Turing Machine over steps -> heads.
 
 Input is a batch of examples, each a sequence of `S` patches of one document in reading
-order (page after page, row-major inside a page). Outputs are L2-normalised embeddings in
+order (page after page, row-major inside a page), and each patch's window box on its page.
+Outputs are L2-normalised embeddings in
 the text encoder's space: one per step (aligned with the window text), one per page (mean
 of the page's steps, aligned with the page text), one per example (memory summary).
 """
@@ -46,10 +47,69 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
     return jnp.sum(x * w, axis=axis) / jnp.maximum(jnp.sum(w, axis=axis), 1.0)
 
 
+class BoxEmbedding(nnx.Module):
+    """A window's box on its page (x0, y0, x1, y1 as fractions of the page) -> a vector added
+    to the window's tokens.
+
+    A patch alone cannot tell a letterhead from a footer or a title from a caption; where it
+    lies on the page can, as the 2-D position embeddings of LayoutLM (Xu et al. 2020) tell
+    text tokens. Sinusoids at octave frequencies (as NeRF / Perceiver encode coordinates)
+    then a linear map; the map starts at zero, so training starts from the position-free model.
+    """
+
+    def __init__(self, dim: int, *, num_freqs: int = 6, rngs: nnx.Rngs, dtype: jnp.dtype | None = None):
+        self.num_freqs = num_freqs
+        self.proj = layers.dense(4 * 2 * num_freqs, dim, ("pos", "embed"), rngs=rngs, dtype=dtype,
+                                 kernel_init=nnx.initializers.zeros_init())
+
+    def __call__(self, boxes: jax.Array) -> jax.Array:
+        freqs = jnp.pi * 2.0 ** jnp.arange(self.num_freqs, dtype=jnp.float32)
+        angles = (boxes.astype(jnp.float32)[..., None] * freqs).reshape(*boxes.shape[:-1], -1)
+        return self.proj(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1))
+
+
+class RunningMean(nnx.Param):
+    """A statistic that rides in the parameter tree (sharded, checkpointed, restored with it)
+    but is never trained: its gradient is zero, it is not weight-decayed (1-D), and the train
+    step overwrites it with an exponential moving average (`update_running_means`)."""
+
+
+class FeatureCentering(nnx.Module):
+    """Subtract the mean feature before a head: the batch mean in training, its running mean
+    at evaluation (BatchNorm's centering, without the scaling).
+
+    Document windows are mostly blank paper, so at initialisation every window's pooled
+    feature is nearly the same vector (mean pairwise cosine 0.97 on the demo corpus). Adam
+    then grows that shared direction far faster than the small per-window differences and
+    all embeddings collapse onto one point within a few dozen steps. Centring removes the
+    shared direction, as the BatchNorm in SimCLR/BYOL projection heads does against collapse.
+    """
+
+    def __init__(self, dim: int):
+        self.mean = RunningMean(jnp.zeros((dim,), jnp.float32), out_sharding=("norm",))
+
+    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> tuple[jax.Array, jax.Array | None]:
+        """x [..., C] with mask [...] -> (centred x, the batch mean or None)."""
+        if not train:
+            return x - self.mean[...], None
+        w = mask.astype(x.dtype)[..., None]
+        mu = jnp.sum(x * w, axis=tuple(range(x.ndim - 1))) / jnp.maximum(jnp.sum(w), 1.0)
+        return x - mu, jax.lax.stop_gradient(mu)
+
+
+def update_running_means(params: dict, means: dict[str, jax.Array], momentum: float) -> dict:
+    """The params dict with each centring's running mean moved towards this batch's mean."""
+    out = dict(params)
+    for name, mu in means.items():
+        out[name] = {**params[name], "mean": momentum * params[name]["mean"] + (1 - momentum) * mu}
+    return out
+
+
 class DocJEPA(nnx.Module):
     """Hiera + TTM (or the no-memory ablation) + window/page/document heads + SigLIP scales."""
 
-    def __init__(self, cfg: mlc.ConfigDict, *, embed_dim: int, loss_cfg: mlc.ConfigDict, rngs: nnx.Rngs):
+    def __init__(self, cfg: mlc.ConfigDict, *, embed_dim: int, loss_cfg: mlc.ConfigDict, bias_init: dict[str, float],
+                 rngs: nnx.Rngs):
         dtype = DTYPES[cfg.dtype]
         self.encoder = hiera.create(
             cfg.hiera.name, rngs=rngs, dtype=dtype, remat=cfg.hiera.remat,
@@ -58,6 +118,10 @@ class DocJEPA(nnx.Module):
         width = self.encoder.out_dim
         dim = cfg.ttm.dim or width
         self.in_proj = layers.dense(width, dim, ("embed", "embed"), rngs=rngs, dtype=dtype) if dim != width else None
+        self.box_embed = BoxEmbedding(dim, rngs=rngs, dtype=dtype) if cfg.window_position else None
+        center = cfg.center_features
+        self.step_center = FeatureCentering(dim) if center else None
+        self.doc_center = FeatureCentering(dim) if center else None
         self.ttm = (
             ttm.TokenTuringMachine(
                 dim, memory_size=cfg.ttm.memory_size, num_read=cfg.ttm.num_read, process=cfg.ttm.process,
@@ -69,8 +133,9 @@ class DocJEPA(nnx.Module):
         self.window_head = Head(dim, embed_dim, rngs=rngs)
         self.page_head = Head(dim, embed_dim, rngs=rngs)
         self.doc_head = Head(dim, embed_dim, rngs=rngs)
-        self.window_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, loss_cfg.bias_init)
-        self.page_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, loss_cfg.bias_init)
+        self.window_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, bias_init["window"])
+        self.page_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, bias_init["page"])
+        self.doc_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, bias_init["doc"])
         self.dtype = dtype
 
     def _pixels(self, patches: jax.Array) -> jax.Array:
@@ -89,12 +154,19 @@ class DocJEPA(nnx.Module):
             feats = stages[stage].reshape(*lead, *stages[stage].shape[1:])
         return tokens.reshape(*lead, *tokens.shape[1:]), feats
 
-    def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, *,
-                 max_pages: int, stage: int | None = None) -> dict[str, jax.Array]:
-        """Embeddings per step, page and example; with `stage`, also that Hiera stage's maps."""
+    def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, boxes: jax.Array, *,
+                 max_pages: int, stage: int | None = None, train: bool = False) -> dict[str, jax.Array]:
+        """Embeddings per step, page and example; with `stage`, also that Hiera stage's maps.
+
+        patches uint8 [B, S, H, W, 3], step_mask [B, S], page_ids [B, S] (page of each step
+        within the example, -1 on padding), boxes [B, S, 4] (window box / page size). With
+        `train`, features are centred on this batch and its means come back as
+        "feature_means" for `update_running_means`."""
         tokens, feats = self.encode_patches(patches, stage)                # [B, S, N, C]
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
+        if self.box_embed is not None:
+            tokens = tokens + self.box_embed(boxes)[:, :, None, :].astype(tokens.dtype)
         if self.ttm is not None:
             outputs, memory = self.ttm(tokens, step_mask)                  # [B, S, r, C], [B, m, C]
             steps = outputs.mean(axis=2)
@@ -103,6 +175,10 @@ class DocJEPA(nnx.Module):
             steps = tokens.mean(axis=2)
             doc = masked_mean(steps, step_mask, axis=1)
         steps = steps.astype(jnp.float32)
+        means = {}
+        if self.step_center is not None:
+            steps, means["step_center"] = self.step_center(steps, step_mask, train)
+            doc, means["doc_center"] = self.doc_center(doc.astype(jnp.float32), step_mask.any(axis=1), train)
         onehot = (page_ids[..., None] == jnp.arange(max_pages)) & step_mask[..., None]  # [B, S, P]
         pages = jnp.einsum("bsp,bsc->bpc", onehot.astype(steps.dtype), steps)
         pages = pages / jnp.maximum(onehot.sum(axis=1), 1)[..., None]
@@ -112,4 +188,5 @@ class DocJEPA(nnx.Module):
             "doc": self.doc_head(doc),
             "page_present": onehot.any(axis=1),
             **({} if feats is None else {"stage": feats}),
+            **({"feature_means": means} if train else {}),
         }

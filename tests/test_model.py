@@ -1,0 +1,128 @@
+"""The composed model: window-box embedding, document target and the document term's reach."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import demo
+from docjepa import objective, train, validate
+from docjepa.models import docjepa as docjepa_model
+
+
+def _cfg():
+    cfg = demo.get_config("quick")
+    cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages = 2, 3, 2
+    cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.num_layers = 8, 2, 1
+    cfg.model.hiera.overrides.embed_dim = 8
+    return cfg
+
+
+def _inputs(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    patches = rng.integers(0, 256, (2, 3, 224, 224, 3), dtype=np.uint8)
+    step_mask = np.array([[True, True, True], [True, True, False]])
+    page_ids = np.array([[0, 0, 1], [0, 1, -1]], np.int32)
+    boxes = np.array([[[0, 0, .5, .3], [.5, 0, 1, .3], [0, 0, .5, .3]],
+                      [[0, .7, .5, 1], [.5, .7, 1, 1], [0, 0, 0, 0]]], np.float32)
+    return patches, step_mask, page_ids, boxes
+
+
+def _window(model, boxes):
+    patches, step_mask, page_ids, _ = _inputs()
+    return np.asarray(model(patches, step_mask, page_ids, boxes, max_pages=2)["window"])
+
+
+def test_window_box_embedding_starts_neutral_and_then_moves_outputs():
+    cfg = _cfg()
+    model = train.build_model(cfg, 16, 0)
+    _, _, _, boxes = _inputs()
+    moved = boxes.copy()
+    moved[..., [1, 3]] = 1 - moved[..., [3, 1]]  # the same windows, mirrored top <-> bottom
+    # Zero-initialised projection: at step 0 the model is the position-free model.
+    np.testing.assert_array_equal(_window(model, boxes), _window(model, moved))
+    kernel = model.box_embed.proj.kernel
+    kernel[...] = jax.random.normal(jax.random.key(1), kernel.shape) * 0.1
+    a, b = _window(model, boxes), _window(model, moved)
+    assert np.abs(a - b).max() > 1e-3
+    # Off: no parameter for it, and the boxes are ignored.
+    cfg.model.window_position = False
+    off = train.build_model(cfg, 16, 0)
+    assert off.box_embed is None
+    np.testing.assert_array_equal(_window(off, boxes), _window(off, moved))
+
+
+def test_doc_targets_mean_of_valid_normalised_pages():
+    page_emb = np.array([[[3, 0], [0, 2], [5, 5]], [[0, 1], [9, 9], [9, 9]]], np.float32)
+    mask = np.array([[True, True, False], [True, False, False]])
+    got = np.asarray(objective.doc_targets(page_emb, mask))
+    np.testing.assert_allclose(got, [[0.5, 0.5], [0.0, 1.0]], atol=1e-6)
+
+
+def test_doc_term_trains_the_memory_and_only_it_when_alone():
+    """With only the document term weighted, the TTM memory init and the doc head receive
+    gradient while the window and page heads receive none."""
+    cfg = _cfg()
+    cfg.loss.window_weight, cfg.loss.page_weight, cfg.loss.doc_weight = 0.0, 0.0, 1.0
+    model = train.build_model(cfg, 16, 0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    patches, step_mask, page_ids, boxes = _inputs()
+    rng = np.random.default_rng(3)
+    batch = {"window_emb": rng.normal(size=(2, 3, 16)).astype(np.float32), "window_mask": step_mask,
+             "window_text_id": np.arange(6, dtype=np.int32).reshape(2, 3),
+             "page_emb": rng.normal(size=(2, 2, 16)).astype(np.float32), "page_mask": np.ones((2, 2), bool),
+             "page_text_id": np.arange(4, dtype=np.int32).reshape(2, 2)}
+
+    def loss(p):
+        m = nnx.merge(graphdef, p)
+        out = m(patches, step_mask, page_ids, boxes, max_pages=2)
+        total, terms = objective.loss_terms(m, out, batch, cfg.loss)
+        return total, terms
+
+    (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    assert set(terms) == set(objective.TERMS) and np.isfinite(float(terms["loss/doc"]))
+    np.testing.assert_allclose(float(total), float(terms["loss/doc"]), rtol=1e-6)
+    norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))  # noqa: E731
+    assert norm(grads["ttm"]["memory_init"]) > 0 and norm(grads["doc_head"]) > 0
+    assert norm(grads["window_head"]) == 0 and norm(grads["page_head"]) == 0
+
+
+def test_bias_init_auto_is_minus_log_items_per_level():
+    cfg = _cfg()  # batch 2 x 3 steps x 2 pages
+    got = objective.bias_inits(cfg.loss, cfg.data)
+    np.testing.assert_allclose([got["window"], got["page"], got["doc"]], -np.log([6, 4, 2]))
+    model = train.build_model(cfg, 16, 0)
+    np.testing.assert_allclose(float(model.page_scale.b[...]), -np.log(4), rtol=1e-6)
+    cfg.loss.bias_init, cfg.loss.bias_init_auto = -4.5, False
+    validate.check(cfg, "train")
+    assert set(objective.bias_inits(cfg.loss, cfg.data).values()) == {-4.5}
+    cfg.loss.bias_init = float("nan")
+    with pytest.raises(validate.ConfigError, match="loss.bias_init"):
+        validate.check(cfg, "train")
+
+
+def test_feature_centering_batch_mean_in_training_running_mean_after():
+    """Training centres on the batch (its mean comes back), evaluation on the running mean,
+    which the train step moves by the configured momentum; without centring neither happens."""
+    cfg = _cfg()
+    model = train.build_model(cfg, 16, 0)
+    patches, step_mask, page_ids, boxes = _inputs()
+    out = model(patches, step_mask, page_ids, boxes, max_pages=2, train=True)
+    means = out["feature_means"]
+    assert set(means) == {"step_center", "doc_center"} and np.abs(np.asarray(means["step_center"])).max() > 0
+    # Running mean still zero: evaluation does not centre yet, so it differs from training.
+    ev = model(patches, step_mask, page_ids, boxes, max_pages=2)
+    assert "feature_means" not in ev and np.abs(np.asarray(ev["window"]) - np.asarray(out["window"])).max() > 1e-3
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    moved = docjepa_model.update_running_means(params, means, 0.75)
+    np.testing.assert_allclose(moved["step_center"]["mean"], 0.25 * np.asarray(means["step_center"]), rtol=1e-6)
+    # With the running mean equal to this batch's mean, evaluation reproduces training here.
+    moved = docjepa_model.update_running_means(params, means, 0.0)
+    nnx.update(model, moved)
+    ev = model(patches, step_mask, page_ids, boxes, max_pages=2)
+    np.testing.assert_allclose(ev["window"], out["window"], atol=1e-5)
+    cfg.model.center_features = False
+    plain = train.build_model(cfg, 16, 0)
+    assert plain.step_center is None
+    assert plain(patches, step_mask, page_ids, boxes, max_pages=2, train=True)["feature_means"] == {}
