@@ -105,10 +105,12 @@ def test_synth_end_to_end(synth_out):
         first = {}
         for t, e in zip(r["window_text"], r["window_emb"]):
             np.testing.assert_array_equal(first.setdefault(t, e), e)
-    batch = next(pipeline.make_train_iterator(
-        pipeline.mlc.ConfigDict(dict(demo.get_config().data, dir=str(out))), seed=0, local_batch_size=2,
-        process_index=0, process_count=1))
-    assert batch["patches"].shape == (2, 16, 224, 224, 3) and batch["window_emb"].shape == (2, 16, 384)
+    data_cfg = demo.get_config().data
+    batch = next(pipeline.make_train_iterator(pipeline.mlc.ConfigDict(dict(data_cfg, dir=str(out))), seed=0,
+                                              local_batch_size=2, process_index=0, process_count=1))
+    s = data_cfg.max_steps
+    assert batch["patches"].shape == (2, s, 224, 224, 3) and batch["window_emb"].shape == (2, s, 384)
+    assert batch["window_box"].shape == (2, s, 4) and 0 <= batch["window_box"].min() <= batch["window_box"].max() <= 1
 
 
 def test_resume_and_worker_determinism(synth_out, tmp_path, encoder):
