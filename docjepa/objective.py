@@ -17,7 +17,7 @@ import ml_collections as mlc
 from jax.sharding import Mesh
 
 from docjepa import losses
-from docjepa.models.docjepa import l2_normalize
+from docjepa.models.docjepa import l2_normalize, masked_mean
 
 
 def _siglip(z: jax.Array, t: jax.Array, ids: jax.Array, mask: jax.Array, scale: losses.SigLIPTemperature,
@@ -46,8 +46,7 @@ def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict) -> dict[str, 
 
 def doc_targets(page_emb: jax.Array, page_mask: jax.Array) -> jax.Array:
     """[B, P, C] page targets, [B, P] mask -> [B, C]: the mean of each example's valid pages."""
-    w = page_mask.astype(jnp.float32)[..., None]
-    return jnp.sum(l2_normalize(page_emb) * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    return masked_mean(l2_normalize(page_emb), page_mask, axis=1)
 
 
 def loss_terms(model, out: dict[str, jax.Array], batch: dict[str, jax.Array], cfg: mlc.ConfigDict,

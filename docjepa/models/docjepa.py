@@ -41,7 +41,7 @@ class Head(nnx.Module):
         return l2_normalize(self.proj(self.norm(x.astype(jnp.float32))))
 
 
-def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+def masked_mean(x: jax.Array, mask: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
     """Mean of `x` over `axis` where `mask` (broadcast to x without the last dim) is True."""
     w = mask.astype(x.dtype)[..., None]
     return jnp.sum(x * w, axis=axis) / jnp.maximum(jnp.sum(w, axis=axis), 1.0)
@@ -92,8 +92,7 @@ class FeatureCentering(nnx.Module):
         """x [..., C] with mask [...] -> (centred x, the batch mean or None)."""
         if not train:
             return x - self.mean[...], None
-        w = mask.astype(x.dtype)[..., None]
-        mu = jnp.sum(x * w, axis=tuple(range(x.ndim - 1))) / jnp.maximum(jnp.sum(w), 1.0)
+        mu = masked_mean(x, mask, axis=tuple(range(x.ndim - 1)))
         return x - mu, jax.lax.stop_gradient(mu)
 
 
