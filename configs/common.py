@@ -104,7 +104,7 @@ def base() -> mlc.ConfigDict:
 
     # Evaluators run by docjepa.eval and inside training (big_vision-style plug-ins).
     c.evals = mlc.ConfigDict()
-    c.evals.names = ("retrieval", "category", "layout")   # python -m docjepa.eval
+    c.evals.names = ("retrieval", "category", "layout", "prior")  # python -m docjepa.eval
     c.evals.in_train = ("retrieval",)                   # run every train.eval_every steps
     c.evals.layout_stage = 1                              # Hiera stage (0-based) for the layout probe
     c.evals.batch_size = 8

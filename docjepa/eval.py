@@ -117,9 +117,23 @@ class Features:
     doc: np.ndarray
     doc_txt: np.ndarray
     doc_ids: np.ndarray
+    window_key: np.ndarray      # layout keys (`layout_key`) of each level's items, for the prior
+    page_key: np.ndarray
+    doc_key: np.ndarray
     layout_x: np.ndarray        # [tokens, C] Hiera stage features
     layout_y: np.ndarray        # [tokens] layout class index (0 = background)
     val_loss: float
+
+
+def layout_key(category: np.ndarray, page: np.ndarray, box: np.ndarray | None = None, grid: int = 8) -> np.ndarray:
+    """What an encoder that cannot read may know of an item: the document category, whether it
+    is on the first page, and for windows the cell of the window's centre on a `grid` x `grid`
+    lattice of its page (`box` holds x0, y0, x1, y1 as fractions of the page)."""
+    key = np.asarray(category, np.int64) * 2 + (np.asarray(page) == 0)
+    if box is not None:
+        cells = np.clip(((box[:, :2] + box[:, 2:]) / 2 * grid).astype(np.int64), 0, grid - 1)
+        key = (key * grid + cells[:, 1]) * grid + cells[:, 0]
+    return key
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -199,6 +213,12 @@ class FeatureExtractor:
                                                   self.cfg.data.max_pages)[chunk_i]
                 pages = np.unique(rec["windows"][start:end, 0])
                 cols["page_ref"].append(np.stack([np.full(len(pages), rec_i), pages], 1)[pm[b][: len(pages)]])
+                cat_b = int(batch["category_id"][b])
+                steps = wm[b][: end - start]
+                cols["window_key"].append(layout_key(np.full(steps.sum(), cat_b), rec["windows"][start:end, 0][steps],
+                                                     batch["window_box"][b, : end - start][steps]))
+                cols["page_key"].append(layout_key(np.full(len(pages), cat_b), pages)[pm[b][: len(pages)]])
+                cols["doc_key"].append(layout_key(np.array([cat_b]), pages[:1]))
                 cols["doc"].append(out["doc"][b : b + 1])
                 cols["doc_txt"].append(doc_txt[b : b + 1])
                 cols["doc_ids"].append(np.array([rec_i * 4096 + chunk_i]))
@@ -290,6 +310,33 @@ def layout(train_f: Features | None, f: Features, cfg: mlc.ConfigDict) -> dict[s
     }
 
 
+def prior(train_f: Features | None, f: Features, cfg: mlc.ConfigDict) -> dict[str, float]:
+    """Retrieval by a predictor that cannot read: each item's embedding is the mean train target
+    of the items with its layout key (category, first page, window cell; `layout_key`).
+
+    It needs no model. It is the reference for a model that has not learnt to read the words
+    (a small one, or early in training): the part of the text that layout alone explains.
+    Items tied on a key rank among themselves in data order.
+    """
+    del cfg
+    out: dict[str, float] = {}
+    for level in ("window", "page", "doc"):
+        txt_tr, key_tr = getattr(train_f, f"{level}_txt"), getattr(train_f, f"{level}_key")
+        txt, ids, key = getattr(f, f"{level}_txt"), getattr(f, f"{level}_ids"), getattr(f, f"{level}_key")
+        if len(txt) == 0 or len(txt_tr) == 0:
+            continue
+        keys, inverse = np.unique(key_tr, return_inverse=True)
+        sums = np.zeros((len(keys), txt_tr.shape[1]))
+        np.add.at(sums, inverse, txt_tr)
+        means = dict(zip(keys.tolist(), _normalize(sums)))
+        fallback = _normalize(txt_tr.mean(axis=0))
+        pred = np.stack([means.get(k, fallback) for k in key.tolist()])
+        for name, q, c in (("i2t", pred, txt), ("t2i", txt, pred)):
+            for k, v in recall_at_k(q, c, ids, ids).items():
+                out[f"prior/{level}/{name}_r{k}"] = v
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Plugin:
     fn: Callable[[Features | None, Features, mlc.ConfigDict], dict[str, float]]
@@ -301,6 +348,7 @@ EVALUATORS: dict[str, Plugin] = {
     "retrieval": Plugin(retrieval, needs_train=False, needs_layout=False),
     "category": Plugin(category, needs_train=True, needs_layout=False),
     "layout": Plugin(layout, needs_train=True, needs_layout=True),
+    "prior": Plugin(prior, needs_train=True, needs_layout=False),
 }
 
 

@@ -71,6 +71,35 @@ def test_markdown_table_has_one_row_per_metric():
     assert lines[2] == "| a | 0.5000 | 0.2500 |" and lines[3] == "| b | 1.0000 |  |"
 
 
+def _window_features(txt: np.ndarray, key: np.ndarray) -> ev.Features:
+    empty = {name: np.zeros((0,)) for name in ev.Features.__dataclass_fields__ if name != "val_loss"}
+    return ev.Features(**{**empty, "window_txt": txt, "window_ids": np.arange(len(txt)), "window_key": key},
+                       val_loss=0.0)
+
+
+def test_prior_recovers_what_layout_explains_and_nothing_else():
+    rng = np.random.default_rng(0)
+    texts = _unit(rng.normal(size=(20, 32)))  # one text per layout key, plus a little noise
+    key_tr = rng.integers(0, 20, 400)
+    train = _window_features(_unit(texts[key_tr] + 0.05 * rng.normal(size=(400, 32))), key_tr)
+    val = _window_features(_unit(texts + 0.05 * rng.normal(size=(20, 32))), np.arange(20))
+    out = ev.prior(train, val, None)
+    assert out["prior/window/i2t_r1"] == 1.0 and out["prior/window/t2i_r1"] == 1.0
+    assert "prior/page/i2t_r1" not in out  # levels without items are left out
+    # Val texts that do not depend on the key: the prior scores chance, 10 / 400 at R@10.
+    val = _window_features(_unit(rng.normal(size=(400, 32))), rng.integers(0, 20, 400))
+    out = ev.prior(train, val, None)
+    assert abs(out["prior/window/i2t_r10"] - 10 / 400) < 0.03 and abs(out["prior/window/t2i_r10"] - 10 / 400) < 0.03
+
+
+def test_layout_key_separates_category_first_page_and_cell():
+    box = np.array([[0.0, 0.0, 0.5, 0.25], [0.5, 0.0, 1.0, 0.25], [0.0, 0.0, 0.5, 0.25], [0.0, 0.0, 0.5, 0.25]])
+    keys = ev.layout_key(np.array([1, 1, 1, 2]), np.array([0, 0, 3, 0]), box)
+    assert len(set(keys.tolist())) == 4
+    assert ev.layout_key(np.array([1]), np.array([0]), box[:1]) == keys[0]
+    assert ev.layout_key(np.array([1, 1]), np.array([2, 5])).tolist() == [2, 2]  # pages after the first
+
+
 @pytest.mark.xdist_group("train")
 def test_eval_cli_end_to_end(synth_corpus, tmp_path, jax_cache):
     wd = tmp_path / "w"
@@ -82,7 +111,7 @@ def test_eval_cli_end_to_end(synth_corpus, tmp_path, jax_cache):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((wd / "eval" / "step_2.json").read_text())
     for key in ("val/loss", "retrieval/window/i2t_r1", "retrieval/page/t2i_r5", "retrieval/doc/chance_r1",
-                "retrieval/window/pool", "probe/layout/miou", "random_init/retrieval/window/i2t_r1"):
+                "retrieval/window/pool", "probe/layout/miou", "prior/window/i2t_r10", "prior/doc/t2i_r1", "random_init/retrieval/window/i2t_r1"):
         assert key in result and np.isfinite(result[key]), key
     assert 0 <= result["retrieval/window/i2t_r1"] <= 1
     for name in ("step_2.md", "step_2_recall.png", "step_2_retrieval_grid.png"):
