@@ -249,6 +249,15 @@ def _no_chunk(loss_cfg: mlc.ConfigDict) -> mlc.ConfigDict:
 # ------------------------------------------------------------------------ evaluators
 
 
+def both_directions(prefix: str, img: np.ndarray, txt: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    """R@k image -> text and text -> image, keyed PREFIX/{i2t,t2i}_r{k}."""
+    out = {}
+    for name, q, c in (("i2t", img, txt), ("t2i", txt, img)):
+        for k, v in recall_at_k(q, c, ids, ids).items():
+            out[f"{prefix}/{name}_r{k}"] = v
+    return out
+
+
 def retrieval(train_f: Features | None, f: Features, cfg: mlc.ConfigDict) -> dict[str, float]:
     """Cross-modal retrieval at window, page and document level, both directions."""
     del train_f, cfg
@@ -258,9 +267,7 @@ def retrieval(train_f: Features | None, f: Features, cfg: mlc.ConfigDict) -> dic
         if len(img) == 0:
             continue
         out[f"retrieval/{level}/pool"] = float(len(img))
-        for name, q, c in (("i2t", img, txt), ("t2i", txt, img)):
-            for k, v in recall_at_k(q, c, ids, ids).items():
-                out[f"retrieval/{level}/{name}_r{k}"] = v
+        out.update(both_directions(f"retrieval/{level}", img, txt, ids))
         for k in KS:
             out[f"retrieval/{level}/chance_r{k}"] = chance_recall(ids, ids, k)
     return out
@@ -331,9 +338,7 @@ def prior(train_f: Features | None, f: Features, cfg: mlc.ConfigDict) -> dict[st
         means = dict(zip(keys.tolist(), _normalize(sums)))
         fallback = _normalize(txt_tr.mean(axis=0))
         pred = np.stack([means.get(k, fallback) for k in key.tolist()])
-        for name, q, c in (("i2t", pred, txt), ("t2i", txt, pred)):
-            for k, v in recall_at_k(q, c, ids, ids).items():
-                out[f"prior/{level}/{name}_r{k}"] = v
+        out.update(both_directions(f"prior/{level}", pred, txt, ids))
     return out
 
 
