@@ -61,4 +61,4 @@ def loss_terms(model, out: dict[str, jax.Array], batch: dict[str, jax.Array], cf
     doc = _siglip(out["doc"], doc_targets(batch["page_emb"], page_mask), jnp.full(doc_mask.shape, -1, jnp.int32),
                   doc_mask, model.doc_scale, cfg.chunked, mesh)
     total = cfg.window_weight * window + cfg.page_weight * page + cfg.doc_weight * doc
-    return total, {"loss/window": window, "loss/page": page, "loss/doc": doc}
+    return total, dict(zip(TERMS, (window, page, doc)))

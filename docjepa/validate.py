@@ -46,6 +46,7 @@ def _fraction(v: Any) -> bool:
 
 
 Rule = tuple[Callable[[Any], bool], str]
+_FLAG: Rule = (lambda v: isinstance(v, bool), "must be True or False")
 
 RULES: dict[str, Rule] = {
     "seed": (_nonneg_int, "must be a non-negative integer"),
@@ -80,8 +81,8 @@ RULES: dict[str, Rule] = {
     "model.ttm.num_layers": (_pos_int, "must be a positive integer"),
     "model.ttm.num_heads": (_pos_int, "must be a positive integer"),
     "model.ttm.dim": (_nonneg_int, "must be a non-negative integer (0 = Hiera's width)"),
-    "model.window_position": (lambda v: isinstance(v, bool), "must be True or False"),
-    "model.center_features": (lambda v: isinstance(v, bool), "must be True or False"),
+    "model.window_position": _FLAG,
+    "model.center_features": _FLAG,
     "model.center_momentum": (_fraction, "must be in [0, 1)"),
     "model.embed_dim": (_nonneg_int, "must be a non-negative integer (0 = the text encoder's width)"),
     "model.dtype": (_one_of("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
@@ -90,7 +91,7 @@ RULES: dict[str, Rule] = {
     "loss.doc_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.t_prime_init": (_finite, "must be a finite number"),
     "loss.bias_init": (_finite, "must be a finite number"),
-    "loss.bias_init_auto": (lambda v: isinstance(v, bool), "must be True or False"),
+    "loss.bias_init_auto": _FLAG,
     "optim.lr": (_pos_float, "must be a finite number > 0"),
     "optim.warmup_steps": (_nonneg_int, "must be a non-negative integer"),
     "optim.min_lr_ratio": (lambda v: _nonneg_float(v) and v <= 1, "must be in [0, 1]"),
