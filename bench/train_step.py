@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
-from docjepa import metrics, sharding, text, train, validate  # noqa: E402
+from docjepa import metrics, sharding, state as factory, text, train, validate  # noqa: E402
 
 TITLE = "Train step"
 COLUMNS = ("date", "machine", "command", "config", "batch x steps", "dtype", "step s", "patches/s", "TFLOP/s",
@@ -104,10 +104,10 @@ def main() -> None:
     if cfg.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         sys.exit(f"error: batch {cfg.data.batch_size} is not divisible by the mesh's batch shards {dict(mesh.shape)}")
 
-    make_model = functools.partial(train.build_model, cfg, embed_dim, cfg.seed)
+    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-    tx, schedule = train.build_optimizer(cfg.optim, cfg.train.steps, train.decay_mask(abstract_params))
-    state_sh = train.train_state_shardings(tx, abstract_params, mesh)
+    tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
+    state_sh = factory.train_state_shardings(tx, abstract_params, mesh)
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init_state():

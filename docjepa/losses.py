@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
+from docjepa.models.layers import at_least_f32
+
 
 class SigLIPTemperature(nnx.Module):
     """The learnable log-temperature t' and bias b (SigLIP inits: t' = log 10, b = -10)."""
@@ -35,7 +37,7 @@ class SigLIPTemperature(nnx.Module):
 
 
 def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    x = x.astype(jnp.float32)
+    x = at_least_f32(x)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
@@ -51,7 +53,7 @@ def _same_ids(row_ids: jax.Array, col_ids: jax.Array) -> jax.Array:
 def _block_loss_sum(zimg: jax.Array, ztxt: jax.Array, t_prime: jax.Array, b: jax.Array,
                     labels: jax.Array, row_valid: jax.Array, col_valid: jax.Array) -> jax.Array:
     """-sum of log_sigmoid(z * logits) over the valid cells of one block (fp32)."""
-    logits = zimg @ ztxt.T * jnp.exp(jnp.asarray(t_prime, jnp.float32)) + jnp.asarray(b, jnp.float32)
+    logits = zimg @ ztxt.T * jnp.exp(at_least_f32(jnp.asarray(t_prime))) + at_least_f32(jnp.asarray(b))
     z = jnp.where(labels, 1.0, -1.0)
     ll = jax.nn.log_sigmoid(z * logits)
     return -jnp.sum(jnp.where(row_valid[:, None] & col_valid[None, :], ll, 0.0))
@@ -100,8 +102,8 @@ def _sharded_loss(local_sum, zimg: jax.Array, ztxt: jax.Array, t_prime: jax.Arra
 
     batch = P(axes)
     return jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, batch, batch, P(), P()), out_specs=P())(
-        zimg, ztxt, text_ids.astype(jnp.int32), valid, jnp.asarray(t_prime, jnp.float32),
-        jnp.asarray(b, jnp.float32))
+        zimg, ztxt, text_ids.astype(jnp.int32), valid, at_least_f32(jnp.asarray(t_prime)),
+        at_least_f32(jnp.asarray(b)))
 
 
 def _ring_sum(zimg, ztxt, ids, valid, t_prime, b, axes, n_dev):

@@ -202,10 +202,10 @@ def param_count(cfg: mlc.ConfigDict, data_dir: str) -> int:
     import jax
     from flax import nnx
 
-    from docjepa import train
+    from docjepa import state as factory
 
-    embed_dim = train.embed_dim_of(cfg, pipeline.read_manifest(data_dir))
-    model = nnx.eval_shape(lambda: train.build_model(cfg, embed_dim, cfg.seed))
+    embed_dim = factory.embed_dim_of(cfg, pipeline.read_manifest(data_dir))
+    model = nnx.eval_shape(lambda: factory.build_model(cfg, embed_dim, cfg.seed))
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 

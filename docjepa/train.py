@@ -23,11 +23,10 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from docjepa import checkpoint, metrics, objective, sharding, validate
-from docjepa import eval as evaluation
+from docjepa import checkpoint, metrics, objective, sharding, state as factory, validate
+from docjepa import evals
 from docjepa.data import pipeline
-from docjepa.models import hiera
-from docjepa.models.docjepa import DocJEPA, update_running_means
+from docjepa.models.docjepa import update_running_means
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("docjepa.train")
@@ -39,67 +38,8 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard events go.")
     flags.mark_flags_as_required(["config", "workdir"])
 
-# Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
-STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "window_emb", "window_mask",
-               "window_text_id", "page_emb", "page_mask", "page_text_id")
-
-
 class NonFiniteError(RuntimeError):
     """Raised after `train.max_nonfinite` consecutive steps with a non-finite loss or gradient."""
-
-
-def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int) -> DocJEPA:
-    return DocJEPA(cfg.model, embed_dim=embed_dim, loss_cfg=cfg.loss, rngs=nnx.Rngs(seed),
-                   bias_init=objective.bias_inits(cfg.loss, cfg.data))
-
-
-def embed_dim_of(cfg: mlc.ConfigDict, manifest: dict[str, Any]) -> int:
-    return cfg.model.embed_dim or int(manifest["encoder"]["dim"])
-
-
-def decay_mask(abstract_params: nnx.State, no_decay_axes: tuple[str, ...] = ("norm", "pos", "memory")) -> Any:
-    """Weight decay on matrices only: not on biases, norms, position embeddings, memory init."""
-
-    def one(v: nnx.Variable) -> bool:
-        axes = v.get_metadata().get("out_sharding") or ()
-        return v.get_value().ndim >= 2 and not any(a in no_decay_axes for a in axes)
-
-    return nnx.to_pure_dict(jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
-
-
-def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup and cosine decay, global-norm clipping (optim.clip_norm > 0)."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps),
-        decay_steps=max(steps, cfg.warmup_steps + 1), end_value=cfg.lr * cfg.min_lr_ratio,
-    )
-    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask))
-    return optax.chain(*parts), schedule
-
-
-def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.State) -> dict[str, Any]:
-    """The train state {params, opt, step} as ShapeDtypeStructs: what init, restore and
-    the shardings agree on."""
-    params = nnx.to_pure_dict(abstract_params)
-    return {"params": params, "opt": jax.eval_shape(tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
-
-
-def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx.State,
-                          mesh: jax.sharding.Mesh) -> dict[str, Any]:
-    """Shardings of {params, opt, step}: params by logical rules, optimizer moments alike."""
-    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
-    abstract_opt = abstract_train_state(tx, abstract_params)["opt"]
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: sharding.replicated(mesh))
-    return {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
-
-
-def pretrained_encoder(cfg: mlc.ConfigDict, shardings: Any) -> Any:
-    """Hiera parameters from Meta's PyTorch weights (safetensors), placed on `shardings`."""
-    encoder = hiera.create(cfg.model.hiera.name, rngs=nnx.Rngs(0), **cfg.model.hiera.get("overrides", {}))
-    hiera.load_safetensors(encoder, cfg.model.hiera.init_from)
-    return jax.device_put(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)), shardings)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -186,8 +126,8 @@ def main(argv: list[str]) -> None:
     train_iter = pipeline.make_train_iterator(cfg.data, seed=cfg.seed, local_batch_size=local_batch)
 
     # ------------------------------------------------------------------- model
-    embed_dim = embed_dim_of(cfg, manifest)
-    make_model = functools.partial(build_model, cfg, embed_dim, cfg.seed)
+    embed_dim = factory.embed_dim_of(cfg, manifest)
+    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
     log.info("model: %s + TTM(m=%d, r=%d, %s), %.2fM parameters, embed dim %d", cfg.model.hiera.name,
@@ -195,10 +135,10 @@ def main(argv: list[str]) -> None:
                  else "off", n_params / 1e6, embed_dim)
 
     # --------------------------------------------------------------- optimizer
-    tx, schedule = build_optimizer(cfg.optim, cfg.train.steps, decay_mask(abstract_params))
+    tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
 
     # --------------------------------------------------------------- shardings
-    state_sh = train_state_shardings(tx, abstract_params, mesh)
+    state_sh = factory.train_state_shardings(tx, abstract_params, mesh)
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init_state():
@@ -206,7 +146,7 @@ def main(argv: list[str]) -> None:
         return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
 
     # -------------------------------------------------------------------- step
-    batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in STEP_FIELDS}  # leading dim; rest replicated
+    batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in factory.STEP_FIELDS}  # leading dim; rest replicated
     train_step = jax.jit(
         make_train_step(graphdef, tx, schedule, cfg, mesh),
         in_shardings=(state_sh, batch_sh),
@@ -216,20 +156,20 @@ def main(argv: list[str]) -> None:
 
     # -------------------------------------------------------------- checkpoint
     ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep)
-    abstract_state = checkpoint.abstract_with_shardings(abstract_train_state(tx, abstract_params), state_sh)
+    abstract_state = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params), state_sh)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(None, abstract_state, train_iter)
         log.info("resumed from step %d", int(state["step"]))
     else:
         state = init_state()
         if cfg.model.hiera.init_from:
-            state["params"]["encoder"] = pretrained_encoder(cfg, state_sh["params"]["encoder"])
+            state["params"]["encoder"] = factory.pretrained_encoder(cfg, state_sh["params"]["encoder"])
             log.info("encoder initialised from %s", cfg.model.hiera.init_from)
     start = int(state["step"])
 
     # -------------------------------------------------------------------- eval
     writer = metrics.MetricWriter(workdir)
-    evaluator = evaluation.Evaluation(cfg, graphdef, mesh, state_sh["params"], list(cfg.evals.in_train), cfg.data.dir)
+    evaluator = evals.Evaluation(cfg, graphdef, mesh, state_sh["params"], list(cfg.evals.in_train), cfg.data.dir)
 
     def run_eval(step: int) -> None:
         results, _ = evaluator.run(state["params"], tag=f"eval@{step}")
@@ -260,7 +200,7 @@ def main(argv: list[str]) -> None:
     try:
         for step in range(start + 1, cfg.train.steps + 1):
             local = next(train_iter)
-            batch = sharding.global_batch({k: local[k] for k in STEP_FIELDS}, mesh)
+            batch = sharding.global_batch({k: local[k] for k in factory.STEP_FIELDS}, mesh)
             if compiled is None:  # compile once, ahead of time, to read the step's FLOP count
                 compiled = train_step.lower(state, batch).compile()
                 cost = compiled.cost_analysis()

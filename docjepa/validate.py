@@ -140,6 +140,12 @@ def check(cfg: mlc.ConfigDict, section: str) -> None:
         raise ConfigError(f"config.prepare.stride: must be in (0, window] (got {cfg.prepare.stride})")
     if section == "train" and cfg.data.batch_size % cfg.optim.grad_accum:
         raise ConfigError("config.optim.grad_accum: must divide data.batch_size")
+    if section == "train":
+        from docjepa import objective  # the term registry (imports jax; prepare needs neither)
+
+        if not objective.active_terms(cfg.loss):
+            fields = ", ".join(f"loss.{t.weight}" for t in objective.TERMS.values())
+            raise ConfigError(f"config.loss: at least one of {fields} must be > 0 (all are 0: nothing to train)")
     if section in ("train", "eval"):
         names = [n for n, _ in cfg.mesh] if _valid_mesh_shape(cfg.mesh) else None
         if names != ["data", "fsdp", "tensor"]:

@@ -20,7 +20,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 import train_utils
-from docjepa import sharding, train, validate
+from docjepa import sharding, state as factory, validate
 from docjepa.models import hiera
 from test_hiera import META_PARAMS
 
@@ -76,7 +76,7 @@ def test_production_model_sizes(path):
     assert cfg.model.hiera.name == name and cfg.model.dtype == "bfloat16" and cfg.model.hiera.remat
     assert cfg.loss.chunked and cfg.data.batch_size * cfg.data.max_steps >= 16384
     assert (cfg.train.ckpt_every, cfg.train.eval_every) == (1000, 5000)
-    model = nnx.eval_shape(functools.partial(train.build_model, cfg, text_dim, cfg.seed))
+    model = nnx.eval_shape(functools.partial(factory.build_model, cfg, text_dim, cfg.seed))
     assert hiera.param_count(model.encoder) == META_PARAMS[name]
     width = model.encoder.out_dim
     assert model.ttm.memory_init.shape == (96, width) and width % cfg.model.ttm.num_heads == 0
@@ -91,9 +91,9 @@ def test_large_config_shards_state_over_fsdp():
     cfg = load("configs/hiera_l_ttm.py", None)
     mesh = sharding.make_mesh(cfg.mesh)
     assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
-    _, params = nnx.split(nnx.eval_shape(functools.partial(train.build_model, cfg, 1024, 0)), nnx.Param)
-    tx, _ = train.build_optimizer(cfg.optim, cfg.train.steps, train.decay_mask(params))
-    shardings = train.train_state_shardings(tx, params, mesh)
+    _, params = nnx.split(nnx.eval_shape(functools.partial(factory.build_model, cfg, 1024, 0)), nnx.Param)
+    tx, _ = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(params))
+    shardings = factory.train_state_shardings(tx, params, mesh)
     abstract = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
     state = {"params": nnx.to_pure_dict(params), "opt": abstract}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import train_utils as tu
-from docjepa import eval as ev
+from docjepa.evals import common, features, prior, report
 from docjepa.data import ocr
 
 
@@ -19,12 +19,12 @@ def test_recall_perfect_and_shuffled():
     rng = np.random.default_rng(0)
     emb = _unit(rng.normal(size=(400, 32)))
     ids = np.arange(400)
-    perfect = ev.recall_at_k(emb, emb, ids, ids)
+    perfect = common.recall_at_k(emb, emb, ids, ids)
     assert perfect == {1: 1.0, 5: 1.0, 10: 1.0}
-    shuffled = ev.recall_at_k(emb, emb[rng.permutation(400)], ids, ids)
-    for k in ev.KS:  # a random pairing scores chance, k / 400, up to sampling noise
-        assert abs(shuffled[k] - ev.chance_recall(ids, ids, k)) < 0.03
-    assert ev.chance_recall(ids, ids, 10) == pytest.approx(10 / 400)
+    shuffled = common.recall_at_k(emb, emb[rng.permutation(400)], ids, ids)
+    for k in common.KS:  # a random pairing scores chance, k / 400, up to sampling noise
+        assert abs(shuffled[k] - common.chance_recall(ids, ids, k)) < 0.03
+    assert common.chance_recall(ids, ids, 10) == pytest.approx(10 / 400)
 
 
 def test_recall_hand_computed_multi_positive():
@@ -33,19 +33,19 @@ def test_recall_hand_computed_multi_positive():
     # Similarities: q0 -> [0, 1, .8], q1 -> [1, 0, .6], q2 -> [.8, .6, .96].
     qid, cid = np.array([10, 11, 12]), np.array([11, 10, 11])  # candidates 0 and 2 share a text
     # q0 ranks c1 (id 10) first: hit. q1 ranks c0 (id 11) first: hit. q2 (id 12) has no positive.
-    assert ev.recall_at_k(q, c, qid, cid, ks=(1, 2, 3)) == {1: 2 / 3, 2: 2 / 3, 3: 2 / 3}
+    assert common.recall_at_k(q, c, qid, cid, ks=(1, 2, 3)) == {1: 2 / 3, 2: 2 / 3, 3: 2 / 3}
     # With q1's id changed to 10 its positive c1 is ranked last: only a hit at k = 3.
-    assert ev.recall_at_k(q, c, np.array([10, 10, 12]), cid, ks=(1, 2, 3)) == {1: 1 / 3, 2: 1 / 3, 3: 2 / 3}
+    assert common.recall_at_k(q, c, np.array([10, 10, 12]), cid, ks=(1, 2, 3)) == {1: 1 / 3, 2: 1 / 3, 3: 2 / 3}
     # Chance: q0 has 1 positive of 3, q1 has 2, q2 has 0.
-    assert ev.chance_recall(qid, cid, 1) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
-    assert ev.chance_recall(qid, cid, 2) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert common.chance_recall(qid, cid, 1) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert common.chance_recall(qid, cid, 2) == pytest.approx((2 / 3 + 1 + 0) / 3)
 
 
 def test_mean_iou_hand_computed():
     true = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([0, 1, 1, 1, 2, 0])
     # class 0: inter 1, union 3; class 1: inter 2, union 3; class 2: inter 1, union 2; class 3 absent.
-    miou, ious = ev.mean_iou(pred, true, 4)
+    miou, ious = common.mean_iou(pred, true, 4)
     np.testing.assert_allclose(ious[:3], [1 / 3, 2 / 3, 1 / 2])
     assert np.isnan(ious[3]) and miou == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
 
@@ -55,9 +55,8 @@ def test_layout_labels_follow_element_boxes():
         ocr.LayoutElement("paragraph", (0, 0, 448, 448)),
         ocr.LayoutElement("table", (0, 0, 112, 224)),  # drawn over the paragraph
     ])
-    record = {"ocr_json": ocr.Document("d", "test", [page]).to_json()}
-    labels = ev.layout_labels(record, np.array([[0, 0, 0, 224, 224], [0, 224, 224, 448, 448]]), grid=4)
-    table, para = ev.LAYOUT_LABELS.index("table"), ev.LAYOUT_LABELS.index("paragraph")
+    labels = features.layout_labels(ocr.Document("d", "test", [page]), np.array([[0, 0, 0, 224, 224], [0, 224, 224, 448, 448]]), grid=4)
+    table, para = features.LAYOUT_LABELS.index("table"), features.LAYOUT_LABELS.index("paragraph")
     expected = np.full((4, 4), para)
     expected[:, :2] = table  # cells with centres x in {28, 84} < 112, all rows (y < 224)
     np.testing.assert_array_equal(labels[0], expected)
@@ -65,16 +64,16 @@ def test_layout_labels_follow_element_boxes():
 
 
 def test_markdown_table_has_one_row_per_metric():
-    table = ev.markdown_table({"trained": {"a": 0.5, "b": 1.0}, "random_init": {"a": 0.25}})
+    table = report.markdown_table({"trained": {"a": 0.5, "b": 1.0}, "random_init": {"a": 0.25}})
     lines = table.strip().splitlines()
     assert lines[0] == "| metric | trained | random_init |"
     assert lines[2] == "| a | 0.5000 | 0.2500 |" and lines[3] == "| b | 1.0000 |  |"
 
 
-def _window_features(txt: np.ndarray, key: np.ndarray) -> ev.Features:
-    empty = {name: np.zeros((0,)) for name in ev.Features.__dataclass_fields__ if name != "val_loss"}
-    return ev.Features(**{**empty, "window_txt": txt, "window_ids": np.arange(len(txt)), "window_key": key},
-                       val_loss=0.0)
+def _window_features(txt: np.ndarray, key: np.ndarray) -> features.Features:
+    empty = {name: np.zeros((0,)) for name in features.Features.__dataclass_fields__ if name != "val_loss"}
+    return features.Features(**{**empty, "window_txt": txt, "window_ids": np.arange(len(txt)), "window_key": key},
+                             val_loss=0.0)
 
 
 def test_prior_recovers_what_layout_explains_and_nothing_else():
@@ -83,21 +82,21 @@ def test_prior_recovers_what_layout_explains_and_nothing_else():
     key_tr = rng.integers(0, 20, 400)
     train = _window_features(_unit(texts[key_tr] + 0.05 * rng.normal(size=(400, 32))), key_tr)
     val = _window_features(_unit(texts + 0.05 * rng.normal(size=(20, 32))), np.arange(20))
-    out = ev.prior(train, val, None)
+    out = prior.evaluate(train, val, None)
     assert out["prior/window/i2t_r1"] == 1.0 and out["prior/window/t2i_r1"] == 1.0
     assert "prior/page/i2t_r1" not in out  # levels without items are left out
     # Val texts that do not depend on the key: the prior scores chance, 10 / 400 at R@10.
     val = _window_features(_unit(rng.normal(size=(400, 32))), rng.integers(0, 20, 400))
-    out = ev.prior(train, val, None)
+    out = prior.evaluate(train, val, None)
     assert abs(out["prior/window/i2t_r10"] - 10 / 400) < 0.03 and abs(out["prior/window/t2i_r10"] - 10 / 400) < 0.03
 
 
 def test_layout_key_separates_category_first_page_and_cell():
     box = np.array([[0.0, 0.0, 0.5, 0.25], [0.5, 0.0, 1.0, 0.25], [0.0, 0.0, 0.5, 0.25], [0.0, 0.0, 0.5, 0.25]])
-    keys = ev.layout_key(np.array([1, 1, 1, 2]), np.array([0, 0, 3, 0]), box)
+    keys = features.layout_key(np.array([1, 1, 1, 2]), np.array([0, 0, 3, 0]), box)
     assert len(set(keys.tolist())) == 4
-    assert ev.layout_key(np.array([1]), np.array([0]), box[:1]) == keys[0]
-    assert ev.layout_key(np.array([1, 1]), np.array([2, 5])).tolist() == [2, 2]  # pages after the first
+    assert features.layout_key(np.array([1]), np.array([0]), box[:1]) == keys[0]
+    assert features.layout_key(np.array([1, 1]), np.array([2, 5])).tolist() == [2, 2]  # pages after the first
 
 
 @pytest.mark.xdist_group("train")

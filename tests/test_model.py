@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from docjepa import objective, train, validate
+from docjepa import objective, state as factory, validate
 from docjepa.models import docjepa as docjepa_model
 
 
@@ -36,7 +36,7 @@ def _window(model, boxes):
 
 def test_window_box_embedding_starts_neutral_and_then_moves_outputs():
     cfg = _cfg()
-    model = train.build_model(cfg, 16, 0)
+    model = factory.build_model(cfg, 16, 0)
     _, _, _, boxes = _inputs()
     moved = boxes.copy()
     moved[..., [1, 3]] = 1 - moved[..., [3, 1]]  # the same windows, mirrored top <-> bottom
@@ -48,7 +48,7 @@ def test_window_box_embedding_starts_neutral_and_then_moves_outputs():
     assert np.abs(a - b).max() > 1e-3
     # Off: no parameter for it, and the boxes are ignored.
     cfg.model.window_position = False
-    off = train.build_model(cfg, 16, 0)
+    off = factory.build_model(cfg, 16, 0)
     assert off.box_embed is None
     np.testing.assert_array_equal(_window(off, boxes), _window(off, moved))
 
@@ -65,7 +65,7 @@ def test_doc_term_trains_the_memory_and_only_it_when_alone():
     gradient while the window and page heads receive none."""
     cfg = _cfg()
     cfg.loss.window_weight, cfg.loss.page_weight, cfg.loss.doc_weight = 0.0, 0.0, 1.0
-    model = train.build_model(cfg, 16, 0)
+    model = factory.build_model(cfg, 16, 0)
     graphdef, params = nnx.split(model, nnx.Param)
     patches, step_mask, page_ids, boxes = _inputs()
     rng = np.random.default_rng(3)
@@ -81,18 +81,46 @@ def test_doc_term_trains_the_memory_and_only_it_when_alone():
         return total, terms
 
     (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    assert set(terms) == set(objective.TERMS) and np.isfinite(float(terms["loss/doc"]))
+    assert set(terms) == {"loss/doc"} and np.isfinite(float(terms["loss/doc"]))  # weight 0: not computed
     np.testing.assert_allclose(float(total), float(terms["loss/doc"]), rtol=1e-6)
     norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))  # noqa: E731
     assert norm(grads["ttm"]["memory_init"]) > 0 and norm(grads["doc_head"]) > 0
     assert norm(grads["window_head"]) == 0 and norm(grads["page_head"]) == 0
 
 
+def test_zero_weight_terms_are_not_traced(monkeypatch):
+    """The objective is a registry: a weight-0 term is never called, so it costs nothing;
+    all weights 0 is refused by validation with one line."""
+    cfg = _cfg()
+    model = factory.build_model(cfg, 16, 0)
+    patches, step_mask, page_ids, boxes = _inputs()
+    out = model(patches, step_mask, page_ids, boxes, max_pages=2)
+    batch = {"window_emb": np.ones((2, 3, 16), np.float32), "window_mask": step_mask,
+             "window_text_id": np.arange(6, dtype=np.int32).reshape(2, 3),
+             "page_emb": np.ones((2, 2, 16), np.float32), "page_mask": np.ones((2, 2), bool),
+             "page_text_id": np.arange(4, dtype=np.int32).reshape(2, 2)}
+
+    def boom(*args):
+        raise AssertionError("a weight-0 term was traced")
+
+    monkeypatch.setitem(objective.TERMS, "loss/page", objective.Term("page_weight", boom))
+    cfg.loss.page_weight = 0.0
+    total, terms = objective.loss_terms(model, out, batch, cfg.loss)
+    assert set(terms) == {"loss/window", "loss/doc"}
+    np.testing.assert_allclose(float(total), float(terms["loss/window"] + terms["loss/doc"]), rtol=1e-6)
+    cfg.loss.page_weight = 1.0
+    with pytest.raises(AssertionError, match="weight-0 term was traced"):
+        objective.loss_terms(model, out, batch, cfg.loss)
+    cfg.loss.window_weight = cfg.loss.page_weight = cfg.loss.doc_weight = 0.0
+    with pytest.raises(validate.ConfigError, match=r"^config.loss: at least one of loss.window_weight"):
+        validate.check(cfg, "train")
+
+
 def test_bias_init_auto_is_minus_log_items_per_level():
     cfg = _cfg()  # batch 2 x 3 steps x 2 pages
     got = objective.bias_inits(cfg.loss, cfg.data)
     np.testing.assert_allclose([got["window"], got["page"], got["doc"]], -np.log([6, 4, 2]))
-    model = train.build_model(cfg, 16, 0)
+    model = factory.build_model(cfg, 16, 0)
     np.testing.assert_allclose(float(model.page_scale.b[...]), -np.log(4), rtol=1e-6)
     cfg.loss.bias_init, cfg.loss.bias_init_auto = -4.5, False
     validate.check(cfg, "train")
@@ -106,7 +134,7 @@ def test_feature_centering_batch_mean_in_training_running_mean_after():
     """Training centres on the batch (its mean comes back), evaluation on the running mean,
     which the train step moves by the configured momentum; without centring neither happens."""
     cfg = _cfg()
-    model = train.build_model(cfg, 16, 0)
+    model = factory.build_model(cfg, 16, 0)
     patches, step_mask, page_ids, boxes = _inputs()
     out = model(patches, step_mask, page_ids, boxes, max_pages=2, train=True)
     means = out["feature_means"]
@@ -123,6 +151,6 @@ def test_feature_centering_batch_mean_in_training_running_mean_after():
     ev = model(patches, step_mask, page_ids, boxes, max_pages=2)
     np.testing.assert_allclose(ev["window"], out["window"], atol=1e-5)
     cfg.model.center_features = False
-    plain = train.build_model(cfg, 16, 0)
+    plain = factory.build_model(cfg, 16, 0)
     assert plain.step_center is None
     assert plain(patches, step_mask, page_ids, boxes, max_pages=2, train=True)["feature_means"] == {}

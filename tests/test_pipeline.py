@@ -136,6 +136,23 @@ def test_chunk_alignment_masks_and_padding(tmp_path):
     assert (batch["page_ids"][2] == -1).all() and not batch["window_box"][1, 8:].any()
 
 
+def test_eval_batches_carry_what_evaluators_read(tmp_path):
+    # The chunks [p0 p1] and [p2] of a 3-page document (as above) and one 1-page document.
+    data_dir = _write_corpus(tmp_path, [_doc(7, pages=3, rows=4), _doc(8, pages=1, rows=1)], shards=1)
+    (batch,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2,
+                                     with_ocr=True)
+    np.testing.assert_array_equal(batch["example_index"], [0, 1, 2, -1])  # unique per (record, chunk)
+    np.testing.assert_array_equal(batch["page_index"], [[0, 1, -1, -1], [2, -1, -1, -1], [0, -1, -1, -1], [-1] * 4])
+    for b, first_window in ((0, 0), (1, 16)):  # the record's window rows, in step order
+        n = int(batch["step_mask"][b].sum())
+        w = first_window + np.arange(n)
+        np.testing.assert_array_equal(batch["window_rows"][b, :n, 0], w // 8)
+        np.testing.assert_array_equal(batch["window_rows"][b, :n, 1], (w % 2) * W)
+        assert (batch["window_rows"][b, n:] == -1).all()
+    assert batch["ocr_json"].tolist() == [b"{}", b"{}", b"{}", b""]
+    (plain,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2)
+    assert "ocr_json" not in plain  # read only when layout labels are asked for
+
 def test_eval_single_pass_and_max_examples(corpus):
     batches = list(pipeline.eval_batches(corpus, "train", batch_size=4, max_steps=4, max_pages=2, min_words=2))
     mask = np.concatenate([b["example_mask"] for b in batches])

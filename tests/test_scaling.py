@@ -11,7 +11,7 @@ from flax import nnx
 
 import train_utils
 from configs import scaling as cfg_scaling
-from docjepa import metrics, scaling, train
+from docjepa import metrics, scaling, state as factory
 from docjepa.data import pipeline
 from docjepa.models import hiera
 
@@ -51,7 +51,7 @@ def test_sizes_build_and_grow():
     counts = []
     for name, size in cfg_scaling.CPU_SIZES.items():
         c = cfg_scaling.get_config(f"size={name},cpu")
-        model = nnx.eval_shape(lambda: train.build_model(c, 384, 0))
+        model = nnx.eval_shape(lambda: factory.build_model(c, 384, 0))
         assert model.encoder.out_dim == 8 * size.embed_dim  # three doublings
         counts.append(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
     assert counts == sorted(counts) and len(set(counts)) == len(counts), counts

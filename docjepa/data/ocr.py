@@ -3,6 +3,9 @@
 Every producer of training text (PDF text layers, Tesseract, the synthetic generator)
 emits the same `Document`, serialised as versioned JSON (docs/ocr_schema.md). Coordinates
 are always pixels of the page image that travels with the document, origin top-left.
+The schema and its two readers stay in one file (just over 500 lines): the readers' output is
+checked against the schema's own invariants, and splitting them would put both halves of that
+contract in different places.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ import numpy as np
 from docjepa.data import patchify
 from docjepa.data.record import decode_record
 
-# Fields the pipeline needs from a record; the texts and the OCR JSON stay on disk.
+# Fields the pipeline needs from a record; the texts and the OCR JSON stay on disk (eval_batches
+# reads the OCR JSON only for layout labels).
 _TRAIN_FIELDS = {
     "pages_png", "windows", "window_nwords", "window_text_id", "window_emb",
     "page_nwords", "page_text_id", "page_emb", "category_id",
@@ -304,6 +305,24 @@ def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
 
 
+def _with_refs(ex: dict[str, np.ndarray], spec: _Spec, chunk: dict[str, Any] | None, index: int,
+               with_ocr: bool) -> dict[str, np.ndarray]:
+    """Add what evaluators read beside the step fields, so that they never reopen the record:
+    `window_rows` (the chunk's rows of the record's `windows`: page, x0, y0, x1, y1; -1 pads),
+    `page_index` (the record page of each page slot; -1 pads), `example_index` (a running id,
+    unique per record and chunk; -1 pads) and, with `with_ocr`, the record's `ocr_json`."""
+    rows = np.full((spec.max_steps, 5), -1, np.int32)
+    pages = np.full((spec.max_pages,), -1, np.int32)
+    if chunk is not None:
+        s, e = chunk["start"], chunk["end"]
+        rows[: e - s] = chunk["doc"]["windows"][s:e]
+        pages[: len(chunk["pngs"])] = chunk["first_page"] + np.arange(len(chunk["pngs"]))
+    ex.update(window_rows=rows, page_index=pages, example_index=np.int32(index))
+    if with_ocr:
+        ex["ocr_json"] = np.array(b"" if chunk is None else chunk["doc"]["ocr_json"], object)
+    return ex
+
+
 def eval_batches(
     data_dir: str,
     split: str,
@@ -313,11 +332,14 @@ def eval_batches(
     max_pages: int,
     min_words: int,
     max_examples: int | None = None,
+    with_ocr: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One deterministic pass over a split: records in order, chunks in order, no augmentation.
 
-    The last batch is padded to `batch_size` with examples whose `example_mask` is False;
-    `record_index` / `chunk_index` link each example back to `load_record`.
+    Each record is decoded once; its examples carry the references evaluators need
+    (`_with_refs`), with the OCR JSON only when `with_ocr` (layout labels). The last batch is
+    padded to `batch_size` with examples whose `example_mask` is False; `record_index` /
+    `chunk_index` link each example back to `load_record`.
     """
     cfg = mlc.ConfigDict({"max_steps": max_steps, "max_pages": max_pages, "min_words": min_words,
                           "batch_size": batch_size})
@@ -325,16 +347,17 @@ def eval_batches(
         _check_int(cfg, name, minimum)
     source = _source(data_dir, split)
     spec = _spec(read_manifest(data_dir), max_steps, max_pages, min_words)
+    fields = _TRAIN_FIELDS | {"ocr_json"} if with_ocr else _TRAIN_FIELDS
     limit = float("inf") if max_examples is None else max_examples
     pending: list[dict[str, np.ndarray]] = []
     count = 0
     for index in range(len(source)):
-        doc = decode_record(source[index], _TRAIN_FIELDS)
+        doc = decode_record(source[index], fields)
         doc["record_index"] = index
         for chunk in spec.chunks(doc):
             if count >= limit:
                 break
-            pending.append(spec.example(chunk, None))
+            pending.append(_with_refs(spec.example(chunk, None), spec, chunk, count, with_ocr))
             count += 1
             if len(pending) == batch_size:
                 yield _stack(pending)
@@ -342,7 +365,8 @@ def eval_batches(
         if count >= limit:
             break
     if pending:
-        yield _stack(pending + [spec.empty() for _ in range(batch_size - len(pending))])
+        padding = [_with_refs(spec.empty(), spec, None, -1, with_ocr) for _ in range(batch_size - len(pending))]
+        yield _stack(pending + padding)
 
 
 def load_record(data_dir: str, split: str, record_index: int, *, pages: bool = True) -> dict[str, Any]:

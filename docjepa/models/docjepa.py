@@ -22,11 +22,13 @@ from docjepa.models import hiera, layers, ttm
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 _STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Compute dtypes. float64 (under `jax.enable_x64`) is for numerical checks such as the
+# sharded-vs-one-device test, not a training option (config validation refuses it).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    x = x.astype(jnp.float32)
+    x = layers.at_least_f32(x)
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
@@ -38,7 +40,7 @@ class Head(nnx.Module):
         self.proj = layers.dense(dim, out, ("embed", "proj"), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return l2_normalize(self.proj(self.norm(x.astype(jnp.float32))))
+        return l2_normalize(self.proj(self.norm(layers.at_least_f32(x))))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
@@ -173,11 +175,11 @@ class DocJEPA(nnx.Module):
         else:  # no-memory ablation: each step is the mean of its own patch tokens
             steps = tokens.mean(axis=2)
             doc = masked_mean(steps, step_mask, axis=1)
-        steps = steps.astype(jnp.float32)
+        steps = layers.at_least_f32(steps)
         means = {}
         if self.step_center is not None:
             steps, means["step_center"] = self.step_center(steps, step_mask, train)
-            doc, means["doc_center"] = self.doc_center(doc.astype(jnp.float32), step_mask.any(axis=1), train)
+            doc, means["doc_center"] = self.doc_center(layers.at_least_f32(doc), step_mask.any(axis=1), train)
         onehot = (page_ids[..., None] == jnp.arange(max_pages)) & step_mask[..., None]  # [B, S, P]
         pages = jnp.einsum("bsp,bsc->bpc", onehot.astype(steps.dtype), steps)
         pages = pages / jnp.maximum(onehot.sum(axis=1), 1)[..., None]

@@ -67,6 +67,12 @@ class Mlp(nnx.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def at_least_f32(x: jax.Array) -> jax.Array:
+    """`x` upcast to float32 for a numerically sensitive op (softmax, norms, losses); a float64
+    `x` (compute under `jax.enable_x64`, as the sharding-equivalence test runs) stays float64."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
               softmax_fp32: bool = True) -> jax.Array:
     """Scaled dot-product attention over [..., heads, tokens, head_dim] inputs.
@@ -77,7 +83,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("...qd,...kd->...qk", q * scale, k)
     if softmax_fp32:
-        logits = logits.astype(jnp.float32)
+        logits = at_least_f32(logits)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)

@@ -57,7 +57,7 @@ class TokenLearner(nnx.Module):
                             rngs=rngs, dtype=dtype, out_bias=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        logits = self.mlp(self.norm(x)).astype(jnp.float32)          # [B, N, k]
+        logits = layers.at_least_f32(self.mlp(self.norm(x)))         # [B, N, k]
         weights = jax.nn.softmax(logits, axis=-2).astype(x.dtype)     # normalised over N
         return jnp.einsum("bnk,bnc->bkc", weights, x)
 

@@ -1,0 +1,176 @@
+"""Frozen-model features over one split: the one forward pass every evaluator reads from.
+
+Evaluators declare what they need (`Needs`); the extractor computes only that, so the Hiera
+stage maps (a wider forward and per-cell layout labels from the OCR JSON) cost nothing unless
+the layout probe runs. Each record is decoded once, by `pipeline.eval_batches`, whose examples
+carry their window rows, record pages and running id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from docjepa import objective, sharding, state as factory
+from docjepa.data import ocr, pipeline
+from docjepa.evals.common import normalize
+
+BACKGROUND = "background"
+LAYOUT_LABELS = (BACKGROUND,) + tuple(ocr.LAYOUT_CLASSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What an evaluator reads beyond the val split's embeddings and targets."""
+
+    train: bool = False   # the same features over the train split (probes, the prior)
+    layout: bool = False  # Hiera stage maps with per-cell layout labels (`layout_x`, `layout_y`)
+
+    @staticmethod
+    def union(needs: Iterable[Needs]) -> Needs:
+        needs = list(needs)
+        return Needs(train=any(n.train for n in needs), layout=any(n.layout for n in needs))
+
+
+@dataclasses.dataclass
+class Features:
+    """Frozen-model outputs over one split, flattened to the valid items of each level."""
+
+    window: np.ndarray
+    window_txt: np.ndarray
+    window_ids: np.ndarray
+    page: np.ndarray
+    page_txt: np.ndarray
+    page_ids: np.ndarray
+    page_category: np.ndarray
+    page_ref: np.ndarray        # [n, 2] (record_index, page index in the record)
+    doc: np.ndarray
+    doc_txt: np.ndarray
+    doc_ids: np.ndarray         # one running id per (record, chunk): each chunk is its own item
+    window_key: np.ndarray      # layout keys (`layout_key`) of each level's items, for the prior
+    page_key: np.ndarray
+    doc_key: np.ndarray
+    layout_x: np.ndarray        # [tokens, C] Hiera stage features (empty unless Needs.layout)
+    layout_y: np.ndarray        # [tokens] layout class index (0 = background)
+    val_loss: float
+
+
+def layout_key(category: np.ndarray, page: np.ndarray, box: np.ndarray | None = None, grid: int = 8) -> np.ndarray:
+    """What an encoder that cannot read may know of an item: the document category, whether it
+    is on the first page, and for windows the cell of the window's centre on a `grid` x `grid`
+    lattice of its page (`box` holds x0, y0, x1, y1 as fractions of the page)."""
+    key = np.asarray(category, np.int64) * 2 + (np.asarray(page) == 0)
+    if box is not None:
+        cells = np.clip(((box[:, :2] + box[:, 2:]) / 2 * grid).astype(np.int64), 0, grid - 1)
+        key = (key * grid + cells[:, 1]) * grid + cells[:, 0]
+    return key
+
+
+def layout_labels(doc: ocr.Document, window_rows: np.ndarray, grid: int) -> np.ndarray:
+    """Per-cell layout class of each window (rows: page, x0, y0, x1, y1) on a `grid` x `grid`
+    lattice (cell centres)."""
+    out = np.zeros((len(window_rows), grid, grid), np.int32)
+    for i, (page, x0, y0, x1, y1) in enumerate(window_rows):
+        cell = (x1 - x0) / grid
+        centres = (np.arange(grid) + 0.5) * cell
+        xs, ys = x0 + centres, y0 + centres
+        for el in doc.pages[page].layout:  # later elements are drawn over earlier ones
+            bx0, by0, bx1, by1 = el.box
+            inside = ((ys >= by0) & (ys < by1))[:, None] & ((xs >= bx0) & (xs < bx1))[None, :]
+            out[i][inside] = LAYOUT_LABELS.index(el.cls)
+    return out
+
+
+def _no_chunk(loss_cfg: mlc.ConfigDict) -> mlc.ConfigDict:
+    """The loss config with chunking off: eval batches are small and need no memory saving."""
+    c = mlc.ConfigDict(loss_cfg.to_dict())
+    c.chunked = False
+    return c
+
+
+class FeatureExtractor:
+    """Jitted, sharded forward pass of the model over eval batches of one data directory."""
+
+    def __init__(self, cfg: mlc.ConfigDict, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, param_sh: Any,
+                 layout: bool):
+        self.cfg, self.mesh, self.layout = cfg, mesh, layout
+        stage = cfg.evals.layout_stage if layout else None
+        loss_cfg = _no_chunk(cfg.loss)
+
+        def forward(params, batch):
+            model = nnx.merge(graphdef, params)
+            out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
+                        max_pages=cfg.data.max_pages, stage=stage)
+            loss, _ = objective.loss_terms(model, out, batch, loss_cfg)
+            keep = {k: out[k] for k in ("window", "page", "doc")}
+            if layout:
+                keep["stage"] = out["stage"].astype(jnp.float32)
+            return keep | {"loss": loss}
+
+        self.forward = jax.jit(forward, in_shardings=(param_sh, sharding.batch_sharding(mesh, 1)),
+                               out_shardings=sharding.replicated(mesh))
+
+    def __call__(self, params: Any, data_dir: str, split: str, max_examples: int,
+                 layout_tokens_per_window: int = 64, desc: str = "eval") -> Features:
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in Features.__dataclass_fields__ if k != "val_loss"}
+        losses: list[float] = []
+        rng = np.random.default_rng(0)
+        parse = functools.lru_cache(maxsize=1)(ocr.Document.from_json)  # a record's chunks share its JSON
+        n_proc, p_idx = jax.process_count(), jax.process_index()
+        batches = pipeline.eval_batches(
+            data_dir, split, batch_size=self.cfg.evals.batch_size, max_steps=self.cfg.data.max_steps,
+            max_pages=self.cfg.data.max_pages, min_words=self.cfg.data.min_words, max_examples=max_examples,
+            with_ocr=self.layout)
+        for batch in tqdm(batches, desc=desc, disable=not sys.stderr.isatty()):
+            local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in factory.STEP_FIELDS}
+            out = jax.device_get(self.forward(params, sharding.global_batch(local, self.mesh)))
+            ex = batch["example_mask"]
+            if ex.any():
+                losses.append(float(out["loss"]))
+            wm = batch["window_mask"] & ex[:, None]
+            pm = batch["page_mask"] & ex[:, None]
+            category = batch["category_id"]
+            cols["window"].append(out["window"][wm])
+            cols["window_txt"].append(batch["window_emb"][wm])
+            cols["window_ids"].append(batch["window_text_id"][wm])
+            cols["window_key"].append(layout_key(np.broadcast_to(category[:, None], wm.shape)[wm],
+                                                 batch["window_rows"][..., 0][wm], batch["window_box"][wm]))
+            cols["page"].append(out["page"][pm])
+            cols["page_txt"].append(batch["page_emb"][pm])
+            cols["page_ids"].append(batch["page_text_id"][pm])
+            cols["page_category"].append(np.broadcast_to(category[:, None], pm.shape)[pm])
+            cols["page_ref"].append(np.stack([np.broadcast_to(batch["record_index"][:, None], pm.shape),
+                                              batch["page_index"]], -1)[pm])
+            cols["page_key"].append(layout_key(np.broadcast_to(category[:, None], pm.shape)[pm],
+                                               batch["page_index"][pm]))
+            cols["doc"].append(out["doc"][ex])
+            cols["doc_txt"].append(np.asarray(objective.doc_targets(batch["page_emb"], batch["page_mask"]))[ex])
+            cols["doc_ids"].append(batch["example_index"][ex])
+            cols["doc_key"].append(layout_key(category[ex], batch["page_index"][ex, 0]))
+            if not self.layout:
+                continue
+            grid = out["stage"].shape[2]
+            for b in np.flatnonzero(ex):
+                n = int(batch["step_mask"][b].sum())
+                labels = layout_labels(parse(batch["ocr_json"][b]), batch["window_rows"][b, :n], grid)
+                feats = out["stage"][b, :n]
+                flat_x = feats.reshape(-1, feats.shape[-1])
+                flat_y = labels.reshape(-1)
+                take = rng.choice(len(flat_y), size=min(len(flat_y), layout_tokens_per_window * n), replace=False)
+                cols["layout_x"].append(flat_x[take])
+                cols["layout_y"].append(flat_y[take])
+        cat = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in cols.items()}
+        for k in ("window_txt", "page_txt", "doc_txt"):
+            if len(cat[k]):
+                cat[k] = normalize(cat[k].astype(np.float32))
+        return Features(**cat, val_loss=float(np.mean(losses)) if losses else float("nan"))

@@ -1,0 +1,77 @@
+"""The one factory of the training state: model, optimizer, abstract train state, shardings.
+
+Train, eval, scaling and the benchmarks build the same model and the same state layout from a
+config; they import it from here, so that no entry point imports another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import optax
+from flax import nnx
+
+from docjepa import objective, sharding
+from docjepa.models import hiera
+from docjepa.models.docjepa import DocJEPA
+
+# Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
+STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "window_emb", "window_mask",
+               "window_text_id", "page_emb", "page_mask", "page_text_id")
+
+
+def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int) -> DocJEPA:
+    return DocJEPA(cfg.model, embed_dim=embed_dim, loss_cfg=cfg.loss, rngs=nnx.Rngs(seed),
+                   bias_init=objective.bias_inits(cfg.loss, cfg.data))
+
+
+def embed_dim_of(cfg: mlc.ConfigDict, manifest: dict[str, Any]) -> int:
+    return cfg.model.embed_dim or int(manifest["encoder"]["dim"])
+
+
+def decay_mask(abstract_params: nnx.State, no_decay_axes: tuple[str, ...] = ("norm", "pos", "memory")) -> Any:
+    """Weight decay on matrices only: not on biases, norms, position embeddings, memory init."""
+
+    def one(v: nnx.Variable) -> bool:
+        axes = v.get_metadata().get("out_sharding") or ()
+        return v.get_value().ndim >= 2 and not any(a in no_decay_axes for a in axes)
+
+    return nnx.to_pure_dict(jax.tree.map(one, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warmup and cosine decay, global-norm clipping (optim.clip_norm > 0)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps),
+        decay_steps=max(steps, cfg.warmup_steps + 1), end_value=cfg.lr * cfg.min_lr_ratio,
+    )
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask))
+    return optax.chain(*parts), schedule
+
+
+def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.State) -> dict[str, Any]:
+    """The train state {params, opt, step} as ShapeDtypeStructs: what init, restore and
+    the shardings agree on."""
+    params = nnx.to_pure_dict(abstract_params)
+    return {"params": params, "opt": jax.eval_shape(tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+
+
+def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx.State,
+                          mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """Shardings of {params, opt, step}: params by logical rules, optimizer moments alike."""
+    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+    abstract_opt = abstract_train_state(tx, abstract_params)["opt"]
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                   transform_non_params=lambda _: sharding.replicated(mesh))
+    return {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+
+
+def pretrained_encoder(cfg: mlc.ConfigDict, shardings: Any) -> Any:
+    """Hiera parameters from Meta's PyTorch weights (safetensors), placed on `shardings`."""
+    encoder = hiera.create(cfg.model.hiera.name, rngs=nnx.Rngs(0), **cfg.model.hiera.get("overrides", {}))
+    hiera.load_safetensors(encoder, cfg.model.hiera.init_from)
+    return jax.device_put(nnx.to_pure_dict(nnx.state(encoder, nnx.Param)), shardings)
