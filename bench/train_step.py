@@ -75,7 +75,30 @@ def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0) -> dict[str
         "page_emb": rng.standard_normal((b, p, embed_dim), np.float32),
         "page_mask": np.ones((b, p), bool),
         "page_text_id": np.arange(b * p, dtype=np.int32).reshape(b, p),
+        "record_index": np.arange(b, dtype=np.int32),
+        "window_rows": np.concatenate([page_ids[..., None], np.broadcast_to(
+            np.array([0, 0, w, w], np.int32), (b, s, 4))], -1).astype(np.int32),
+        "page_index": np.broadcast_to(np.arange(p, dtype=np.int32), (b, p)).copy(),
     }
+
+
+def random_bank(cfg: mlc.ConfigDict, embed_dim: int, size: int, mesh: jax.sharding.Mesh) -> dict | None:
+    """A text bank of `size` random unit targets per level, laid out as `state.device_bank` lays
+    out the real one (sharded along its entries), or None when the config has no bank term."""
+    if not factory.uses_bank(cfg.loss):
+        return None
+    rng = np.random.default_rng(1)
+    out = {}
+    for level in ("window", "page"):
+        emb = rng.standard_normal((size, embed_dim)).astype(np.float32)
+        cols = {"emb": emb / np.linalg.norm(emb, axis=1, keepdims=True),
+                "text_id": np.arange(10**6, 10**6 + size, dtype=np.int32),
+                "doc": np.full(size, 10**6, np.int32), "page": np.zeros(size, np.int32),
+                "valid": np.ones(size, bool)}
+        if level == "window":
+            cols["box"] = np.zeros((size, 4), np.int32)
+        out[level] = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in cols.items()}
+    return out
 
 
 def main() -> None:
@@ -88,6 +111,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="", help="compute dtype override")
     parser.add_argument("--embed_dim", type=int, default=0,
                         help="text embedding width (0 = model.embed_dim, else the config's text encoder)")
+    parser.add_argument("--bank", type=int, default=4096, help="text-bank entries per level (bank terms on)")
     parser.add_argument("--no_write", action="store_true", help="print only, do not touch BENCHMARKS.md")
     args = parser.parse_args()
 
@@ -104,7 +128,9 @@ def main() -> None:
     if cfg.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         sys.exit(f"error: batch {cfg.data.batch_size} is not divisible by the mesh's batch shards {dict(mesh.shape)}")
 
-    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
+    text_bank = random_bank(cfg, embed_dim, args.bank, mesh)
+    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed,
+                                   {"window": args.bank, "page": args.bank} if text_bank else None)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
     state_sh = factory.train_state_shardings(tx, abstract_params, mesh)
@@ -116,10 +142,11 @@ def main() -> None:
 
     batch = sharding.global_batch(random_batch(cfg, embed_dim), mesh)
     step_fn = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh),
-                      in_shardings=(state_sh, {k: sharding.batch_sharding(mesh, 1) for k in batch}),
+                      in_shardings=(state_sh, {k: sharding.batch_sharding(mesh, 1) for k in batch},
+                                    jax.tree.map(lambda a: a.sharding, text_bank)),
                       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
     state = init_state()
-    compiled = step_fn.lower(state, batch).compile()
+    compiled = step_fn.lower(state, batch, text_bank).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -128,7 +155,7 @@ def main() -> None:
 
     def one_step() -> None:
         nonlocal state
-        state, out = compiled(state, batch)
+        state, out = compiled(state, batch, text_bank)
         jax.block_until_ready(out)
 
     step_s = common.median_seconds(one_step, args.steps, warmup=args.warmup)

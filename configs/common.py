@@ -43,6 +43,8 @@ def base() -> mlc.ConfigDict:
     c.data.worker_count = 0
     c.data.augment = True
     c.data.shuffle_buffer = 0            # 0 = global index shuffle (grain MapDataset)
+    c.data.chunk_shuffle = 64            # shuffle chunks in windows of this many, so batches mix documents
+    c.data.center_targets = True         # remove the training targets' mean (manifest; data/bank.py)
 
     # Model.
     c.model = mlc.ConfigDict()
@@ -72,6 +74,13 @@ def base() -> mlc.ConfigDict:
     c.loss.page_weight = 1.0
     c.loss.doc_weight = 1.0              # document (TTM memory) <-> mean of its page texts
     c.loss.chunked = False               # ring-chunked SigLIP over the batch axes of the mesh
+    # Text-bank negatives (data/bank.py): every distinct training target scored against each
+    # window / page embedding besides the batch; false negatives masked (same text, overlapping
+    # windows of a page, targets closer than bank_max_cosine to the positive).
+    c.loss.window_bank_weight = 1.0
+    c.loss.page_bank_weight = 1.0
+    c.loss.bank_size = 0                 # entries scored per step; 0 = the whole bank
+    c.loss.bank_max_cosine = 0.9
     c.loss.t_prime_init = 2.302585       # log(10), SigLIP
     # SigLIP's b = -10 was chosen for batches of 32k pairs, i.e. about -log(n). bias_init_auto
     # starts each level at -log(n) for its own n (windows, pages, documents of the global batch):

@@ -26,7 +26,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from docjepa import checkpoint, evals, metrics, sharding, state as factory, validate
-from docjepa.data import pipeline
+from docjepa.data import bank, pipeline
 from docjepa.evals import report
 
 FLAGS = flags.FLAGS
@@ -84,6 +84,7 @@ def main(argv: list[str]) -> None:
         validate.check(cfg, "eval")
         evals.check_names(list(cfg.evals.names))
         manifest = pipeline.read_manifest(data_dir)
+        bank.check(manifest, data_dir, center=cfg.data.center_targets, need_bank=False)
         compare = {}
         for item in FLAGS.compare:
             name, _, other = item.partition("=")

@@ -80,6 +80,19 @@ def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t_prime: jax.Array, b: jax.Ar
     return total / jnp.maximum(jnp.sum(valid), 1)
 
 
+def bank_negative_loss(zimg: jax.Array, bank: jax.Array, t_prime: jax.Array, b: jax.Array, *,
+                       row_valid: jax.Array, exclude: jax.Array) -> jax.Array:
+    """The negatives-only part of SigLIP against a bank of K text embeddings: the sum over valid
+    rows and non-excluded entries of -log sigmoid(-logit), over the valid rows (the divisor of
+    `sigmoid_loss`, so the two add up to SigLIP over the batch's texts and the bank's).
+    `exclude` [n, K] marks false negatives. With `bank` sharded along K and `zimg` replicated,
+    each device holds n x K / devices logits."""
+    logits = _normalize(zimg) @ _normalize(bank).T * jnp.exp(at_least_f32(jnp.asarray(t_prime))) + at_least_f32(
+        jnp.asarray(b))
+    keep = row_valid.astype(bool)[:, None] & ~exclude
+    return -jnp.sum(jnp.where(keep, jax.nn.log_sigmoid(-logits), 0.0)) / jnp.maximum(jnp.sum(row_valid), 1)
+
+
 def _sharded_loss(local_sum, zimg: jax.Array, ztxt: jax.Array, t_prime: jax.Array, b: jax.Array, mesh: Mesh,
                   axis_names: Sequence[str], text_ids: jax.Array | None, mask: jax.Array | None) -> jax.Array:
     """Run `local_sum` per device under shard_map; divide the psum by the global valid rows.

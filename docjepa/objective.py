@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from docjepa import losses
 from docjepa.models.docjepa import l2_normalize, masked_mean
@@ -33,11 +33,16 @@ def _siglip(z: jax.Array, t: jax.Array, ids: jax.Array, mask: jax.Array, scale: 
     return losses.sigmoid_loss(z, t, t_prime, b, labels=losses.labels_from_ids(ids, ids), mask=mask)
 
 
-def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict) -> dict[str, float]:
+def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
+               bank_sizes: dict[str, int] | None = None) -> dict[str, float]:
     """Initial SigLIP bias per level: `loss.bias_init`, or with `loss.bias_init_auto` -log(n)
-    where n is the level's item count in the global batch (windows, pages, documents)."""
+    where n is the number of texts each item is scored against: the level's items in the global
+    batch (windows, pages, documents) plus the text-bank entries scored per step."""
     b = data_cfg.batch_size
     counts = {"window": b * data_cfg.max_steps, "page": b * data_cfg.max_pages, "doc": b}
+    for level, k in (bank_sizes or {}).items():
+        if loss_cfg[f"{level}_bank_weight"] > 0:
+            counts[level] += min(k, loss_cfg.bank_size) if loss_cfg.bank_size else k
     if loss_cfg.bias_init_auto:
         return {level: -math.log(max(n, 2)) for level, n in counts.items()}
     return {level: float(loss_cfg.bias_init) for level in counts}
@@ -48,7 +53,7 @@ def doc_targets(page_emb: jax.Array, page_mask: jax.Array) -> jax.Array:
     return masked_mean(l2_normalize(page_emb), page_mask, axis=1)
 
 
-def _window(model, out, batch, cfg, mesh):
+def _window(model, out, batch, cfg, mesh, bank):
     return _siglip(out["window"], batch["window_emb"], batch["window_text_id"], batch["window_mask"],
                    model.window_scale, cfg.chunked, mesh)
 
@@ -57,21 +62,67 @@ def _page_mask(out, batch):
     return batch["page_mask"] & out["page_present"]
 
 
-def _page(model, out, batch, cfg, mesh):
+def _page(model, out, batch, cfg, mesh, bank):
     return _siglip(out["page"], batch["page_emb"], batch["page_text_id"], _page_mask(out, batch),
                    model.page_scale, cfg.chunked, mesh)
 
 
-def _doc(model, out, batch, cfg, mesh):
+def _doc(model, out, batch, cfg, mesh, bank):
     page_mask = _page_mask(out, batch)
     doc_mask = page_mask.any(axis=-1)
     return _siglip(out["doc"], doc_targets(batch["page_emb"], page_mask), jnp.full(doc_mask.shape, -1, jnp.int32),
                    doc_mask, model.doc_scale, cfg.chunked, mesh)
 
 
+def _bank_rows(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The batch's items of `level`, flattened: text id, document, page, window box (px)."""
+    if level == "window":
+        rows = batch["window_rows"]
+        doc = jnp.broadcast_to(batch["record_index"][:, None], rows.shape[:2])
+        return {"text_id": batch["window_text_id"].reshape(-1), "doc": doc.reshape(-1),
+                "page": rows[..., 0].reshape(-1), "box": rows[..., 1:].reshape(-1, 4)}
+    doc = jnp.broadcast_to(batch["record_index"][:, None], batch["page_index"].shape)
+    return {"text_id": batch["page_text_id"].reshape(-1), "doc": doc.reshape(-1), "page": batch["page_index"].reshape(-1)}
+
+
+def bank_exclusions(rows: dict[str, jax.Array], targets: jax.Array, bank: dict[str, jax.Array],
+                    max_cosine: float) -> jax.Array:
+    """[n, K] True where bank entry k is no true negative of row i (SegLoc's warning about false
+    negatives): the same text; the same page of the same document where windows overlap (pages:
+    the same page); a target closer than `max_cosine` to the row's positive; an entry whose
+    text is in the batch (scored there already); padding."""
+    same_text = (rows["text_id"][:, None] == bank["text_id"][None, :]) & (rows["text_id"][:, None] >= 0)
+    same_page = (rows["doc"][:, None] == bank["doc"][None, :]) & (rows["page"][:, None] == bank["page"][None, :])
+    if "box" in rows:
+        a, c = rows["box"][:, None, :], bank["box"][None, :, :]
+        overlap = (jnp.maximum(a[..., 0], c[..., 0]) < jnp.minimum(a[..., 2], c[..., 2])) & (
+            jnp.maximum(a[..., 1], c[..., 1]) < jnp.minimum(a[..., 3], c[..., 3]))
+        same_page = same_page & overlap
+    near = l2_normalize(targets) @ bank["emb"].T > max_cosine
+    in_batch = same_text.any(axis=0, keepdims=True)
+    return same_text | same_page | near | in_batch | ~bank["valid"][None, :]
+
+
+def _bank_term(level: str, out_key: str, scale: str, mask_fn):
+    def term(model, out, batch, cfg, mesh, bank):
+        if bank is None:
+            raise ValueError(f"loss.{level}_bank_weight > 0 needs the text bank (data/bank.py) passed to the step")
+        z = out[out_key].reshape(-1, out[out_key].shape[-1])
+        t = batch[f"{level}_emb"].reshape(-1, z.shape[-1])
+        rows = _bank_rows(level, batch)
+        if mesh is not None:  # rows replicated (n x d, small); the bank stays sharded along K
+            z, t, rows = jax.lax.with_sharding_constraint((z, t, rows), NamedSharding(mesh, P()))
+        exclude = bank_exclusions(rows, t, bank[level], cfg.bank_max_cosine)
+        sc = getattr(model, scale)
+        return losses.bank_negative_loss(z, bank[level]["emb"], sc.t_prime[...], sc.b[...],
+                                         row_valid=mask_fn(out, batch).reshape(-1), exclude=exclude)
+
+    return term
+
+
 @dataclasses.dataclass(frozen=True)
 class Term:
-    """One term of the objective: `fn(model, out, batch, loss_cfg, mesh)` -> scalar, weighted by
+    """One term of the objective: `fn(model, out, batch, loss_cfg, mesh, bank)` -> scalar, weighted by
     `config.loss.<weight>`. A new term is one function and one registry entry."""
 
     weight: str
@@ -83,7 +134,24 @@ TERMS: dict[str, Term] = {
     "loss/window": Term("window_weight", _window),   # window embedding <-> text under the window
     "loss/page": Term("page_weight", _page),         # page embedding <-> text of the page
     "loss/doc": Term("doc_weight", _doc),            # TTM memory <-> mean of the document's page texts
+    # Text-bank negatives beside the batch (data/bank.py), with false negatives masked.
+    "loss/window_bank": Term("window_bank_weight", _bank_term("window", "window", "window_scale",
+                                                              lambda out, batch: batch["window_mask"])),
+    "loss/page_bank": Term("page_bank_weight", _bank_term("page", "page", "page_scale", _page_mask)),
 }
+
+
+def sample_bank(bank: dict[str, dict[str, jax.Array]], key: jax.Array, size: int) -> dict[str, dict[str, jax.Array]]:
+    """`size` entries of each level drawn without replacement (all of a smaller level)."""
+    out = {}
+    for level, cols in bank.items():
+        n = cols["emb"].shape[0]
+        if n <= size:
+            out[level] = cols
+            continue
+        idx = jax.random.choice(jax.random.fold_in(key, len(out)), n, (size,), replace=False)
+        out[level] = jax.tree.map(lambda x: x[idx], cols)
+    return out
 
 
 def active_terms(cfg: mlc.ConfigDict) -> list[str]:
@@ -92,9 +160,10 @@ def active_terms(cfg: mlc.ConfigDict) -> list[str]:
 
 
 def loss_terms(model, out: dict[str, jax.Array], batch: dict[str, jax.Array], cfg: mlc.ConfigDict,
-               mesh: Mesh | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+               mesh: Mesh | None = None, bank: dict[str, dict[str, jax.Array]] | None = None,
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted total loss and its named terms for one (micro)batch. A term with weight 0 is
-    not traced: it costs nothing and is not logged."""
-    terms = {name: TERMS[name].fn(model, out, batch, cfg, mesh) for name in active_terms(cfg)}
+    not traced: it costs nothing and is not logged. `bank`: the text bank per level (bank terms)."""
+    terms = {name: TERMS[name].fn(model, out, batch, cfg, mesh, bank) for name in active_terms(cfg)}
     total = sum(cfg[TERMS[name].weight] * value for name, value in terms.items())
     return total, terms

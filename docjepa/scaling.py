@@ -41,7 +41,7 @@ from absl import app, flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from docjepa import metrics  # noqa: E402
-from docjepa.data import pipeline  # noqa: E402
+from docjepa.data import bank, pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS = "val/loss"
@@ -137,6 +137,7 @@ def write_subset(src: str, dst: str, docs: int) -> None:
             for f in info["files"]:
                 shutil.copy2(Path(src) / f, tmp / f)
     manifest["subset_of"] = {"dir": str(Path(src).absolute()), "train_docs": docs}
+    manifest["target_mean"] = bank.build(str(tmp), manifest["splits"]["train"]["files"])  # of the subset
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     tmp.rename(dst_path)
 

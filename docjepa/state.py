@@ -10,22 +10,44 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections as mlc
 import optax
 from flax import nnx
 
 from docjepa import objective, sharding
+from docjepa.data import bank
 from docjepa.models import hiera
 from docjepa.models.docjepa import DocJEPA
 
 # Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
 STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "window_emb", "window_mask",
-               "window_text_id", "page_emb", "page_mask", "page_text_id")
+               "window_text_id", "page_emb", "page_mask", "page_text_id",
+               "record_index", "window_rows", "page_index")  # the last three: text-bank masks
 
 
-def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int) -> DocJEPA:
+def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int, bank_sizes: dict[str, int] | None = None) -> DocJEPA:
     return DocJEPA(cfg.model, embed_dim=embed_dim, loss_cfg=cfg.loss, rngs=nnx.Rngs(seed),
-                   bias_init=objective.bias_inits(cfg.loss, cfg.data))
+                   bias_init=objective.bias_inits(cfg.loss, cfg.data, bank_sizes))
+
+
+def uses_bank(loss_cfg: mlc.ConfigDict) -> bool:
+    return loss_cfg.window_bank_weight > 0 or loss_cfg.page_bank_weight > 0
+
+
+def device_bank(cfg: mlc.ConfigDict, manifest: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """The text bank on the mesh, each level sharded along its entries over the batch axes (padded
+    to a multiple of them; `valid` marks real entries), so no device holds all of it."""
+    levels = bank.load(cfg.data.dir, manifest, min_words=cfg.data.min_words, center=cfg.data.center_targets)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    out = {}
+    for level, cols in levels.items():
+        n = len(cols["emb"])
+        pad = -n % shards
+        cols = {k: np.concatenate([v, np.full((pad, *v.shape[1:]), 0 if k == "emb" else -1, v.dtype)]) for k, v in cols.items()}
+        cols["valid"] = np.arange(n + pad) < n
+        out[level] = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in cols.items()}
+    return out
 
 
 def embed_dim_of(cfg: mlc.ConfigDict, manifest: dict[str, Any]) -> int:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from docjepa import checkpoint, metrics, objective, sharding, state as factory, validate
 from docjepa import evals
-from docjepa.data import pipeline
+from docjepa.data import bank, pipeline
 from docjepa.models.docjepa import update_running_means
 
 FLAGS = flags.FLAGS
@@ -44,29 +44,33 @@ class NonFiniteError(RuntimeError):
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     cfg: mlc.ConfigDict, mesh: jax.sharding.Mesh):
-    """The pure step: (state, batch) -> (state, metrics). Non-finite updates are skipped."""
+    """The pure step: (state, batch, bank) -> (state, metrics). Non-finite updates are skipped.
+    `bank`: the text bank on the mesh (`state.device_bank`), or None without bank terms."""
     accum = cfg.optim.grad_accum
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, bank):
         model = nnx.merge(graphdef, params)
         out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
                     max_pages=cfg.data.max_pages, train=True)
-        total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh)
+        total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh, bank)
         return total, (terms, out["feature_means"])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state, batch):
+    def step(state, batch, bank=None):
         params = state["params"]
+        if bank is not None and cfg.loss.bank_size:
+            bank = objective.sample_bank(bank, jax.random.fold_in(jax.random.key(cfg.seed), state["step"]),
+                                         cfg.loss.bank_size)
         if accum == 1:
-            (loss, (terms, means)), grads = grad_fn(params, batch)
+            (loss, (terms, means)), grads = grad_fn(params, batch, bank)
         else:  # microbatches in a scan: activations of one microbatch alive at a time
             micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
             def body(carry, mb):
-                return jax.tree.map(jnp.add, carry, grad_fn(params, mb)), None
+                return jax.tree.map(jnp.add, carry, grad_fn(params, mb, bank)), None
 
-            shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+            shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), bank)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             ((loss, (terms, means)), grads), _ = jax.lax.scan(body, zeros, micro)
             loss, terms, means, grads = jax.tree.map(lambda x: x / accum, (loss, terms, means, grads))
@@ -103,6 +107,8 @@ def main(argv: list[str]) -> None:
     try:
         validate.check(cfg, "train")
         manifest = pipeline.read_manifest(cfg.data.dir)
+        pipeline.check_encoder(manifest, cfg.text, cfg.data.dir)
+        bank.check(manifest, cfg.data.dir, center=cfg.data.center_targets, need_bank=factory.uses_bank(cfg.loss))
     except (validate.ConfigError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 
@@ -124,10 +130,14 @@ def main(argv: list[str]) -> None:
     # -------------------------------------------------------------------- data
     local_batch = cfg.data.batch_size // jax.process_count()
     train_iter = pipeline.make_train_iterator(cfg.data, seed=cfg.seed, local_batch_size=local_batch)
+    text_bank = factory.device_bank(cfg, manifest, mesh) if factory.uses_bank(cfg.loss) else None
+    bank_sizes = {lv: int(np.sum(c["valid"])) for lv, c in text_bank.items()} if text_bank else None
+    if text_bank:
+        log.info("text bank: %s distinct targets (negatives per step: %s)", bank_sizes, cfg.loss.bank_size or "all")
 
     # ------------------------------------------------------------------- model
     embed_dim = factory.embed_dim_of(cfg, manifest)
-    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
+    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed, bank_sizes)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
     log.info("model: %s + TTM(m=%d, r=%d, %s), %.2fM parameters, embed dim %d", cfg.model.hiera.name,
@@ -149,7 +159,7 @@ def main(argv: list[str]) -> None:
     batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in factory.STEP_FIELDS}  # leading dim; rest replicated
     train_step = jax.jit(
         make_train_step(graphdef, tx, schedule, cfg, mesh),
-        in_shardings=(state_sh, batch_sh),
+        in_shardings=(state_sh, batch_sh, jax.tree.map(lambda a: a.sharding, text_bank)),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=0,
     )
@@ -202,13 +212,13 @@ def main(argv: list[str]) -> None:
             local = next(train_iter)
             batch = sharding.global_batch({k: local[k] for k in factory.STEP_FIELDS}, mesh)
             if compiled is None:  # compile once, ahead of time, to read the step's FLOP count
-                compiled = train_step.lower(state, batch).compile()
+                compiled = train_step.lower(state, batch, text_bank).compile()
                 cost = compiled.cost_analysis()
                 cost = cost[0] if isinstance(cost, (list, tuple)) else cost
                 flops = float(cost.get("flops", 0.0)) if cost else 0.0
                 log.info("compiled train step: %.3e FLOPs per device per step", flops)
                 writer.write(step, {"flops_per_device_step": flops, "devices": mesh.size}, log=False)
-            state, step_metrics = compiled(state, batch)
+            state, step_metrics = compiled(state, batch, text_bank)
             if step == start + 1:  # keep compilation out of the timings
                 jax.block_until_ready(state)
                 t_last, step_last = time.perf_counter(), step

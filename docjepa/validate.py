@@ -69,6 +69,8 @@ RULES: dict[str, Rule] = {
     "data.min_words": (_nonneg_int, "must be a non-negative integer"),
     "data.batch_size": (_pos_int, "must be a positive integer"),
     "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
+    "data.chunk_shuffle": (_nonneg_int, "must be a non-negative integer (0 or 1 = off)"),
+    "data.center_targets": _FLAG,
     # Hiera implements stochastic depth, but the train step runs the model deterministically
     # (no dropout RNG is threaded through the state yet): refuse rather than silently ignore.
     "model.hiera.drop_path_rate": (lambda v: v == 0, "must be 0 (stochastic depth is not wired into training)"),
@@ -89,6 +91,10 @@ RULES: dict[str, Rule] = {
     "loss.window_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.page_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.doc_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.window_bank_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.page_bank_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.bank_size": (_nonneg_int, "must be a non-negative integer (0 = the whole bank)"),
+    "loss.bank_max_cosine": (lambda v: _finite(v) and -1 <= v <= 1, "must be in [-1, 1]"),
     "loss.t_prime_init": (_finite, "must be a finite number"),
     "loss.bias_init": (_finite, "must be a finite number"),
     "loss.bias_init_auto": _FLAG,

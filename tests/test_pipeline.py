@@ -81,7 +81,8 @@ def corpus(tmp_path_factory):
 
 def _cfg(data_dir, **kw):
     cfg = mlc.ConfigDict({"dir": data_dir, "train_split": "train", "max_steps": 4, "max_pages": 2,
-                          "min_words": 2, "worker_count": 0, "augment": True, "shuffle_buffer": 0})
+                          "min_words": 2, "worker_count": 0, "augment": True, "shuffle_buffer": 0,
+                          "chunk_shuffle": 0, "center_targets": False})
     cfg.update(kw)
     return cfg
 
@@ -106,7 +107,8 @@ def test_plan_chunks():
 def test_chunk_alignment_masks_and_padding(tmp_path):
     # A 3-page document with 8 windows per page at max_steps 16 -> chunks [p0 p1] and [p2].
     data_dir = _write_corpus(tmp_path, [_doc(7, pages=3, rows=4)], shards=1)
-    (batch,) = pipeline.eval_batches(data_dir, "train", batch_size=3, max_steps=16, max_pages=4, min_words=2)
+    (batch,) = pipeline.eval_batches(data_dir, "train", batch_size=3, max_steps=16, max_pages=4, min_words=2,
+                                     center=False)
     assert batch["patches"].shape == (3, 16, W, W, 3) and batch["patches"].dtype == np.uint8
     assert batch["window_emb"].shape == (3, 16, D) and batch["page_emb"].shape == (3, 4, D)
     np.testing.assert_array_equal(batch["example_mask"], [True, True, False])
@@ -139,7 +141,7 @@ def test_chunk_alignment_masks_and_padding(tmp_path):
 def test_eval_batches_carry_what_evaluators_read(tmp_path):
     # The chunks [p0 p1] and [p2] of a 3-page document (as above) and one 1-page document.
     data_dir = _write_corpus(tmp_path, [_doc(7, pages=3, rows=4), _doc(8, pages=1, rows=1)], shards=1)
-    (batch,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2,
+    (batch,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2, center=False,
                                      with_ocr=True)
     np.testing.assert_array_equal(batch["example_index"], [0, 1, 2, -1])  # unique per (record, chunk)
     np.testing.assert_array_equal(batch["page_index"], [[0, 1, -1, -1], [2, -1, -1, -1], [0, -1, -1, -1], [-1] * 4])
@@ -150,16 +152,17 @@ def test_eval_batches_carry_what_evaluators_read(tmp_path):
         np.testing.assert_array_equal(batch["window_rows"][b, :n, 1], (w % 2) * W)
         assert (batch["window_rows"][b, n:] == -1).all()
     assert batch["ocr_json"].tolist() == [b"{}", b"{}", b"{}", b""]
-    (plain,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2)
+    (plain,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2,
+                                     center=False)
     assert "ocr_json" not in plain  # read only when layout labels are asked for
 
 def test_eval_single_pass_and_max_examples(corpus):
-    batches = list(pipeline.eval_batches(corpus, "train", batch_size=4, max_steps=4, max_pages=2, min_words=2))
+    batches = list(pipeline.eval_batches(corpus, "train", batch_size=4, max_steps=4, max_pages=2, min_words=2, center=False))
     mask = np.concatenate([b["example_mask"] for b in batches])
     rec = np.concatenate([b["record_index"] for b in batches])[mask]
     assert rec.tolist() == [r for r, n in enumerate(CHUNKS) for _ in range(n)]
     limited = list(pipeline.eval_batches(corpus, "train", batch_size=4, max_steps=4, max_pages=2,
-                                         min_words=2, max_examples=5))
+                                         min_words=2, center=False, max_examples=5))
     assert len(limited) == 2 and sum(int(b["example_mask"].sum()) for b in limited) == 5
 
 
@@ -252,4 +255,4 @@ def test_bad_config_and_dirs(corpus, tmp_path):
     with pytest.raises(pipeline.DataError, match="not valid JSON"):
         pipeline.read_manifest(str(tmp_path))
     with pytest.raises(pipeline.DataError, match="no split 'val'"):
-        list(pipeline.eval_batches(corpus, "val", batch_size=1, max_steps=4, max_pages=1, min_words=0))
+        list(pipeline.eval_batches(corpus, "val", batch_size=1, max_steps=4, max_pages=1, min_words=0, center=False))

@@ -24,8 +24,11 @@ from docjepa.data.record import decode_record, encode_record
 pytestmark = pytest.mark.xdist_group("train")
 
 
-def _cfg():
+def _cfg(bank: bool = False):
+    """The quick demo config, narrowed; text-bank terms only when the test passes a bank."""
     cfg = demo.get_config("quick")
+    if not bank:
+        cfg.loss.window_bank_weight = cfg.loss.page_bank_weight = 0.0
     cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages = 4, 4, 2
     cfg.optim.warmup_steps = 0
     cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.num_layers = 16, 4, 1
@@ -48,10 +51,29 @@ def _batch(cfg, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
         "window_mask": step_mask & (rng.random((b, s)) > 0.2), "window_text_id": text_ids,
         "page_emb": rng.normal(size=(b, p, dim)).astype(np.float32),
         "page_mask": np.ones((b, p), bool), "page_text_id": np.arange(b * p, dtype=np.int32).reshape(b, p),
+        "record_index": np.array([0, 0, 1, 2], np.int32)[:b],  # two chunks of one document
+        "window_rows": np.concatenate([np.maximum(page_ids, 0)[..., None],
+                                       rng.integers(0, 400, (b, s, 1)) + np.array([0, 0, 224, 224])], -1).astype(np.int32),
+        "page_index": np.broadcast_to(np.arange(p, dtype=np.int32), (b, p)).copy(),
     }
 
 
-def _one_step(cfg, mesh, batch, dim):
+def _bank(dim: int, size: int = 24, seed: int = 1) -> dict[str, dict[str, np.ndarray]]:
+    """A text bank laid out as `state.device_bank` gives it; some entries share the batch's
+    documents and text ids, so every kind of false-negative mask is exercised."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for level in ("window", "page"):
+        emb = rng.normal(size=(size, dim)).astype(np.float32)
+        out[level] = {"emb": emb / np.linalg.norm(emb, axis=1, keepdims=True),
+                      "text_id": rng.integers(0, 12, size).astype(np.int32), "doc": rng.integers(0, 4, size).astype(np.int32),
+                      "page": rng.integers(0, 2, size).astype(np.int32), "valid": np.arange(size) < size - 2}
+        if level == "window":
+            out[level]["box"] = (rng.integers(0, 400, (size, 1)) + np.array([0, 0, 224, 224])).astype(np.int32)
+    return out
+
+
+def _one_step(cfg, mesh, batch, dim, bank=None):
     """Init on `mesh`, run one jitted step; (metrics, params before, params after, shardings,
     Adam's first moment after the step = (1 - b1) x the clipped gradient) on the host.
     Parameters are created in the model's compute dtype when that is float64 (x64 checks)."""
@@ -68,12 +90,15 @@ def _one_step(cfg, mesh, batch, dim):
             params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
         return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
 
+    widen = lambda t: jax.tree.map(lambda v: v.astype(np.float64) if v.dtype == np.float32 else v, t)  # noqa: E731
     if wide:
-        batch = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
+        batch, bank = widen(batch), widen(bank)
+    if bank is not None:
+        bank = jax.tree.map(lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)), bank)
     step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh), donate_argnums=0)
     state = init()
     before = jax.device_get(state["params"])
-    state, metrics = step(state, sharding.global_batch(batch, mesh))
+    state, metrics = step(state, sharding.global_batch(batch, mesh), bank)
     mu = optax.tree_utils.tree_get(state["opt"], "mu")
     return jax.device_get(metrics), before, jax.device_get(state["params"]), state_sh, jax.device_get(mu)
 
@@ -92,14 +117,15 @@ def test_sharded_step_matches_single_device():
     norm, which depends on the CPU's kernels: float32 is checked for running sharded, not
     for equality, by the multi-process tests.)
     """
-    cfg, dim = _cfg(), 32
+    cfg, dim = _cfg(bank=True), 32
     cfg.model.dtype = "float64"
-    batch = _batch(cfg, dim)
+    batch, bank = _batch(cfg, dim), _bank(dim)
     with jax.enable_x64(True):
         one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
         eight = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
-        m1, _, p1, _, mu1 = _one_step(cfg, one, batch, dim)
-        m8, before, p8, sh8, mu8 = _one_step(cfg, eight, batch, dim)
+        m1, _, p1, _, mu1 = _one_step(cfg, one, batch, dim, bank)
+        m8, before, p8, sh8, mu8 = _one_step(cfg, eight, batch, dim, bank)
+    assert m1["loss/window_bank"] > 0 and m1["loss/page_bank"] > 0  # the bank terms take part
     assert p1["window_head"]["proj"]["kernel"].dtype == np.float64 and m1["loss"].dtype == np.float64
     # The 8-device layout really is sharded: some weights are split over fsdp and tensor.
     specs = {str(s.spec) for s in jax.tree.leaves(sh8["params"])}

@@ -24,7 +24,7 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
-from docjepa.data import patchify
+from docjepa.data import bank, patchify
 from docjepa.data.record import decode_record
 
 # Fields the pipeline needs from a record; the texts and the OCR JSON stay on disk (eval_batches
@@ -131,9 +131,11 @@ def augment(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class _Spec:
     """Shapes of one example, fixed for a run."""
 
-    def __init__(self, *, max_steps: int, max_pages: int, min_words: int, window: int, dim: int):
+    def __init__(self, *, max_steps: int, max_pages: int, min_words: int, window: int, dim: int,
+                 mean: dict[str, np.ndarray] | None = None):
         self.max_steps, self.max_pages, self.min_words = max_steps, max_pages, min_words
         self.window, self.dim = window, dim
+        self.mean = mean or {"window": np.zeros(dim, np.float32), "page": np.zeros(dim, np.float32)}
 
     def empty(self) -> dict[str, np.ndarray]:
         """An all-padding example (also the layout of every example)."""
@@ -143,10 +145,12 @@ class _Spec:
             "step_mask": np.zeros((s,), bool),
             "page_ids": np.full((s,), -1, np.int32),
             "window_box": np.zeros((s, 4), np.float32),
+            "window_rows": np.full((s, 5), -1, np.int32),   # the record's rows: page, x0, y0, x1, y1 (px)
             "window_emb": np.zeros((s, d), np.float32),
             "window_mask": np.zeros((s,), bool),
             "window_text_id": np.full((s,), -1, np.int32),
             "page_emb": np.zeros((p, d), np.float32),
+            "page_index": np.full((p,), -1, np.int32),     # the record page of each page slot
             "page_mask": np.zeros((p,), bool),
             "page_text_id": np.full((p,), -1, np.int32),
             "category_id": np.int32(-1),
@@ -186,12 +190,14 @@ class _Spec:
         ex["patches"][:n] = patches
         ex["step_mask"][:n] = True
         ex["page_ids"][:n] = page_ids
-        ex["window_emb"][:n] = doc["window_emb"][s:e]
+        ex["window_rows"][:n] = boxes
+        ex["window_emb"][:n] = doc["window_emb"][s:e] - self.mean["window"]
         ex["window_mask"][:n] = doc["window_nwords"][s:e] >= self.min_words
         ex["window_text_id"][:n] = doc["window_text_id"][s:e]
         pages = slice(first, first + len(chunk["pngs"]))
         m = len(chunk["pngs"])
-        ex["page_emb"][:m] = doc["page_emb"][pages]
+        ex["page_emb"][:m] = doc["page_emb"][pages] - self.mean["page"]
+        ex["page_index"][:m] = first + np.arange(m)
         ex["page_mask"][:m] = doc["page_nwords"][pages] >= self.min_words
         ex["page_text_id"][:m] = doc["page_text_id"][pages]
         ex["category_id"] = np.int32(doc["category_id"])
@@ -244,9 +250,21 @@ def _check_int(cfg: mlc.ConfigDict, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _spec(manifest: dict[str, Any], max_steps: int, max_pages: int, min_words: int) -> _Spec:
+def _spec(manifest: dict[str, Any], data_dir: str, max_steps: int, max_pages: int, min_words: int,
+          center: bool) -> _Spec:
+    mean = {lv: bank.target_mean(manifest, lv, data_dir) for lv in bank.LEVELS} if center else None
     return _Spec(max_steps=max_steps, max_pages=max_pages, min_words=min_words,
-                 window=int(manifest["window"]), dim=int(manifest["encoder"]["dim"]))
+                 window=int(manifest["window"]), dim=int(manifest["encoder"]["dim"]), mean=mean)
+
+
+def check_encoder(manifest: dict[str, Any], text_cfg: mlc.ConfigDict, data_dir: str) -> None:
+    """Refuse a corpus whose targets were embedded with another text encoder than `config.text`
+    names: its targets would live in another space than the one the run means to learn."""
+    stored = manifest.get("config", {}).get("text", {})
+    for key in ("model_dir", "pooling", "normalize", "max_length"):
+        if key in stored and stored[key] != text_cfg[key]:
+            raise DataError(f"config.text.{key}: {text_cfg[key]!r}, but {data_dir} was embedded with "
+                            f"{stored[key]!r} ({manifest['encoder'].get('name')}); match it or prepare again")
 
 
 def make_train_iterator(
@@ -264,7 +282,7 @@ def make_train_iterator(
     each epoch is reshuffled. Batches are `local_batch_size` examples, incomplete ones dropped.
     """
     for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0),
-                          ("worker_count", 0), ("shuffle_buffer", 0)):
+                          ("worker_count", 0), ("shuffle_buffer", 0), ("chunk_shuffle", 0)):
         _check_int(data_cfg, name, minimum)
     if not isinstance(local_batch_size, int) or local_batch_size < 1:
         raise DataError(f"local_batch_size: must be an integer >= 1, got {local_batch_size!r}")
@@ -282,7 +300,8 @@ def make_train_iterator(
     if len(source) < process_count:
         raise DataError(f"{data_dir}: split {data_cfg.train_split!r} has {len(source)} documents "
                         f"for {process_count} processes")
-    spec = _spec(manifest, data_cfg.max_steps, data_cfg.max_pages, data_cfg.min_words)
+    spec = _spec(manifest, data_dir, data_cfg.max_steps, data_cfg.max_pages, data_cfg.min_words,
+                 data_cfg.center_targets)
 
     ds = grain.MapDataset.range(len(source))[process_index::process_count]
     if data_cfg.shuffle_buffer:
@@ -292,6 +311,8 @@ def make_train_iterator(
     ds = ds.repeat(num_epochs).random_map(_Load(source), seed=seed)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     it_ds = grain.experimental.FlatMapIterDataset(it_ds, _Chunk(spec))
+    if data_cfg.chunk_shuffle > 1:  # mix the chunks of several documents into each batch
+        it_ds = grain.experimental.WindowShuffleIterDataset(it_ds, window_size=data_cfg.chunk_shuffle, seed=seed)
     it_ds = it_ds.map(_Example(spec, bool(data_cfg.augment)))
     it_ds = it_ds.batch(local_batch_size, drop_remainder=True)
     if data_cfg.worker_count:
@@ -307,17 +328,10 @@ def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _with_refs(ex: dict[str, np.ndarray], spec: _Spec, chunk: dict[str, Any] | None, index: int,
                with_ocr: bool) -> dict[str, np.ndarray]:
-    """Add what evaluators read beside the step fields, so that they never reopen the record:
-    `window_rows` (the chunk's rows of the record's `windows`: page, x0, y0, x1, y1; -1 pads),
-    `page_index` (the record page of each page slot; -1 pads), `example_index` (a running id,
-    unique per record and chunk; -1 pads) and, with `with_ocr`, the record's `ocr_json`."""
-    rows = np.full((spec.max_steps, 5), -1, np.int32)
-    pages = np.full((spec.max_pages,), -1, np.int32)
-    if chunk is not None:
-        s, e = chunk["start"], chunk["end"]
-        rows[: e - s] = chunk["doc"]["windows"][s:e]
-        pages[: len(chunk["pngs"])] = chunk["first_page"] + np.arange(len(chunk["pngs"]))
-    ex.update(window_rows=rows, page_index=pages, example_index=np.int32(index))
+    """Add what evaluators read beside the example, so that they never reopen the record:
+    `example_index` (a running id, unique per record and chunk; -1 pads) and, with `with_ocr`,
+    the record's `ocr_json`."""
+    ex["example_index"] = np.int32(index)
     if with_ocr:
         ex["ocr_json"] = np.array(b"" if chunk is None else chunk["doc"]["ocr_json"], object)
     return ex
@@ -331,6 +345,7 @@ def eval_batches(
     max_steps: int,
     max_pages: int,
     min_words: int,
+    center: bool,
     max_examples: int | None = None,
     with_ocr: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -346,7 +361,7 @@ def eval_batches(
     for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0), ("batch_size", 1)):
         _check_int(cfg, name, minimum)
     source = _source(data_dir, split)
-    spec = _spec(read_manifest(data_dir), max_steps, max_pages, min_words)
+    spec = _spec(read_manifest(data_dir), data_dir, max_steps, max_pages, min_words, center)
     fields = _TRAIN_FIELDS | {"ocr_json"} if with_ocr else _TRAIN_FIELDS
     limit = float("inf") if max_examples is None else max_examples
     pending: list[dict[str, np.ndarray]] = []

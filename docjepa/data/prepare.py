@@ -27,7 +27,7 @@ import ml_collections as mlc
 import numpy as np
 from tqdm import tqdm
 
-from docjepa.data import ocr, patchify
+from docjepa.data import bank, ocr, patchify
 from docjepa.data.record import encode_record
 from docjepa.validate import ConfigError, check as check_config
 
@@ -412,6 +412,8 @@ def _manifest(out: Path, source: Source, stats: list[dict[str, Any]], settings: 
         "rejected": dict(sorted(collections.Counter(e["reason"] for e in rejected).items())),
         "window": p["window"], "stride": p["stride"], "page_width": p["page_width"],
     }
+    if splits["train"]["files"]:  # the text bank and the target mean of the training split
+        manifest["target_mean"] = bank.build(str(out), splits["train"]["files"])
     with open(out / "rejected.jsonl", "w") as f:
         f.writelines(json.dumps(e) + "\n" for e in rejected)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -91,10 +91,12 @@ def layout_labels(doc: ocr.Document, window_rows: np.ndarray, grid: int) -> np.n
     return out
 
 
-def _no_chunk(loss_cfg: mlc.ConfigDict) -> mlc.ConfigDict:
-    """The loss config with chunking off: eval batches are small and need no memory saving."""
+def _eval_loss(loss_cfg: mlc.ConfigDict) -> mlc.ConfigDict:
+    """The loss config of `val/loss`: the in-batch terms, unchunked (eval batches are small and
+    need no memory saving), without the text bank (a training-split resource)."""
     c = mlc.ConfigDict(loss_cfg.to_dict())
     c.chunked = False
+    c.window_bank_weight = c.page_bank_weight = 0.0
     return c
 
 
@@ -105,7 +107,7 @@ class FeatureExtractor:
                  layout: bool):
         self.cfg, self.mesh, self.layout = cfg, mesh, layout
         stage = cfg.evals.layout_stage if layout else None
-        loss_cfg = _no_chunk(cfg.loss)
+        loss_cfg = _eval_loss(cfg.loss)
 
         def forward(params, batch):
             model = nnx.merge(graphdef, params)
@@ -129,8 +131,8 @@ class FeatureExtractor:
         n_proc, p_idx = jax.process_count(), jax.process_index()
         batches = pipeline.eval_batches(
             data_dir, split, batch_size=self.cfg.evals.batch_size, max_steps=self.cfg.data.max_steps,
-            max_pages=self.cfg.data.max_pages, min_words=self.cfg.data.min_words, max_examples=max_examples,
-            with_ocr=self.layout)
+            max_pages=self.cfg.data.max_pages, min_words=self.cfg.data.min_words,
+            center=self.cfg.data.center_targets, max_examples=max_examples, with_ocr=self.layout)
         for batch in tqdm(batches, desc=desc, disable=not sys.stderr.isatty()):
             local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in factory.STEP_FIELDS}
             out = jax.device_get(self.forward(params, sharding.global_batch(local, self.mesh)))
