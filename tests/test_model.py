@@ -16,6 +16,7 @@ def _cfg():
     cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages = 2, 3, 2
     cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.num_layers = 8, 2, 1
     cfg.model.hiera.overrides.embed_dim = 8
+    cfg.loss.window_bank_weight = cfg.loss.page_bank_weight = 0.0  # in-batch terms; the bank's: test_bank.py
     return cfg
 
 
