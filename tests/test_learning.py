@@ -10,15 +10,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from configs import demo
 from docjepa import sharding, state as factory, train
 from docjepa.data import pipeline
 from docjepa.evals import common
-
-pytestmark = pytest.mark.xdist_group("train")
 
 
 def _window_r1(graphdef, params, batch, cfg) -> tuple[float, float]:
