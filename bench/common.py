@@ -7,6 +7,7 @@ imports jax at module level.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import shlex
 import statistics
@@ -31,6 +32,17 @@ def machine(accelerator: str | None = None) -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpu = f"{model}, {cores} cores"
     return f"{accelerator} ({cpu})" if accelerator else cpu
+
+
+def load_config(spec: str) -> Any:
+    """`path/to/config.py[:arg]` -> get_config(arg), as config_flags.DEFINE_config_file does."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"--config: {path} is not a config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 def command() -> str:

@@ -20,12 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import importlib.util  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections as mlc  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -40,17 +38,6 @@ NOTE = ("One jitted train step (forward, backward, AdamW update) of docjepa.trai
         "the timed steps after warm-up. TFLOP/s = XLA cost-analysis FLOPs of the compiled step x devices / step "
         "time; MFU against docjepa.metrics.PEAK_BF16_FLOPS. peak MiB = per-device arguments + outputs + "
         "temporaries - donated aliases, from XLA's memory analysis.")
-
-
-def load_config(spec: str) -> mlc.ConfigDict:
-    """`path/to/config.py[:arg]` -> get_config(arg), as config_flags.DEFINE_config_file does."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    if module_spec is None or not Path(path).is_file():
-        raise FileNotFoundError(f"--config: {path} is not a config file")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def text_width(cfg: mlc.ConfigDict) -> int:
@@ -79,6 +66,9 @@ def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0) -> dict[str
         "window_rows": np.concatenate([page_ids[..., None], np.broadcast_to(
             np.array([0, 0, w, w], np.int32), (b, s, 4))], -1).astype(np.int32),
         "page_index": np.broadcast_to(np.arange(p, dtype=np.int32), (b, p)).copy(),
+        "doc_emb": rng.standard_normal((b, embed_dim), np.float32),
+        "doc_mask": np.ones((b,), bool),
+        "reset": np.ones((b,), bool),
     }
 
 
@@ -116,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        cfg = load_config(args.config)
+        cfg = common.load_config(args.config)
         cfg.data.batch_size = args.batch or cfg.data.batch_size
         cfg.data.max_steps = args.max_steps or cfg.data.max_steps
         cfg.model.dtype = args.dtype or cfg.model.dtype
@@ -133,12 +123,11 @@ def main() -> None:
                                    {"window": args.bank, "page": args.bank} if text_bank else None)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
-    state_sh = factory.train_state_shardings(tx, abstract_params, mesh)
+    state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init_state():
-        params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
-        return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+        return factory.init_train_state(make_model(), tx, cfg.data.batch_size)
 
     batch = sharding.global_batch(random_batch(cfg, embed_dim), mesh)
     step_fn = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh),

@@ -16,7 +16,9 @@ def base() -> mlc.ConfigDict:
     c.prepare.window = 224
     c.prepare.stride = 160               # window stride: 64 px overlap
     c.prepare.dpi = 100                  # PDF render resolution
-    c.prepare.max_pages = 32             # per document; longer documents are truncated
+    c.prepare.max_pages = 256            # per document; longer documents are truncated
+    c.prepare.synth_long = 0.0           # synth:N: this fraction of documents are long (reports, papers)
+    c.prepare.synth_long_pages = (8, 64)  # ... of this many pages (the others have 1-4)
     c.prepare.max_pixels = 40_000_000    # per page image, before resizing
     c.prepare.val_fraction = 0.1
     c.prepare.shard_docs = 64            # documents per ArrayRecord shard
@@ -36,14 +38,13 @@ def base() -> mlc.ConfigDict:
     c.data.dir = "data/demo"
     c.data.train_split = "train"
     c.data.val_split = "val"
-    c.data.max_steps = 16                # patches per example (TTM steps)
-    c.data.max_pages = 4                 # pages per example
+    c.data.max_steps = 16                # windows per chunk: TTM steps per train step, the gradient horizon
+    c.data.max_pages = 4                 # pages per chunk
     c.data.min_words = 3                 # windows with fewer words are masked out of the loss
-    c.data.batch_size = 8                # global batch, in examples
-    c.data.worker_count = 0
+    c.data.batch_size = 8                # global batch: document streams, one chunk each per step
+    c.data.worker_count = 0              # threads that build a batch's examples (decode, cut, augment)
     c.data.augment = True
     c.data.shuffle_buffer = 0            # 0 = global index shuffle (grain MapDataset)
-    c.data.chunk_shuffle = 64            # shuffle chunks in windows of this many, so batches mix documents
     c.data.center_targets = True         # remove the training targets' mean (manifest; data/bank.py)
 
     # Model.
@@ -113,9 +114,11 @@ def base() -> mlc.ConfigDict:
 
     # Evaluators run by docjepa.eval and inside training (big_vision-style plug-ins).
     c.evals = mlc.ConfigDict()
-    c.evals.names = ("retrieval", "category", "layout", "prior")  # python -m docjepa.eval
+    c.evals.names = ("retrieval", "category", "layout", "prior", "memory")  # python -m docjepa.eval
     c.evals.in_train = ("retrieval",)                   # run every train.eval_every steps
     c.evals.layout_stage = 1                              # Hiera stage (0-based) for the layout probe
     c.evals.batch_size = 8
-    c.evals.max_examples = 512
+    c.evals.max_examples = 512           # chunks; documents begun before the limit are read to the end
+    c.evals.long_doc_pages = 8           # `memory`: document retrieval over documents of >= this many pages
+    c.evals.recall_max_k = 8             # `memory`: recall of page n - k from the state after page n, k <= this
     return c

@@ -13,11 +13,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c = common.base()
     c.prepare.source = "synth:240"
     c.prepare.val_fraction = 0.15
+    # A fifth of the documents are long reports and papers (8-12 pages), so that whole-document
+    # retrieval and the memory-recall curve have documents that no single chunk covers.
+    c.prepare.synth_long = 0.2
+    c.prepare.synth_long_pages = (8, 12)
     c.data.dir = "data/demo"
-    # A 448-px-wide letter or A4 page gives 3 x 4 = 12 windows, a slide 3 x 2: an example is one
-    # page or two slides. Five documents per step rather than fewer, longer examples: the
-    # negatives that decide SigLIP's gradient come from more documents.
-    c.data.batch_size = 5                # 5 examples x 12 patches = 60 patches per step
+    # A 448-px-wide letter or A4 page gives 3 x 4 = 12 windows, a slide 3 x 2: a chunk is one
+    # page or two slides. Five document streams, each reading one chunk per step.
+    c.data.batch_size = 5                # 5 streams x 12 windows = 60 windows per step
     c.data.max_steps = 12
     c.data.max_pages = 2
     c.optim.lr = 2e-3
@@ -28,6 +31,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.train.eval_every = 0
     if arg == "quick":
         c.prepare.source = "synth:12"
+        c.prepare.synth_long = 0.0
         c.data.batch_size = 4
         c.data.max_steps = 8
         c.train.steps = 4

@@ -42,10 +42,10 @@ def production(*, hiera_name: str, ttm_heads: int, text_env: str, text_default: 
     c.text.max_length = 512                   # RoBERTa's 514 positions minus its 2 offset slots
 
     c.data.dir = os.environ.get("DOCJEPA_DATA", "data/docs")
-    c.data.max_steps = 64                     # patches per example (TTM steps): about 1.3 pages
+    c.data.max_steps = 64                     # windows per chunk (the gradient horizon); memory carries on
     c.data.max_pages = 4
     c.data.batch_size = 256                   # global: 256 x 64 = 16,384 patches per step
-    c.data.worker_count = 16                  # grain processes per host decode PNGs and cut patches
+    c.data.worker_count = 16                  # threads per host decode PNGs and cut patches
 
     c.model.hiera.name = hiera_name
     c.model.hiera.remat = True                # keep only block inputs; recompute the rest in backward

@@ -25,7 +25,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from docjepa import checkpoint, evals, metrics, sharding, state as factory, validate
+from docjepa import checkpoint, cli, evals, metrics, sharding, state as factory, validate
 from docjepa.data import bank, pipeline
 from docjepa.evals import report
 
@@ -51,14 +51,14 @@ class Restored:
         make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
         self.graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
         tx, _ = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
-        state_sh = factory.train_state_shardings(tx, abstract_params, mesh)
+        state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
         self.param_sh = state_sh["params"]
         self.init_params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)),
                                    out_shardings=self.param_sh)
         self.params, self.step = None, 0
         ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
         if ckpt.latest_step() is not None:
-            abstract = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params), state_sh)
+            abstract = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params, cfg), state_sh)
             state = ckpt.restore(step, abstract)
             self.params, self.step = state["params"], int(state["step"])
         elif step is not None:
@@ -125,4 +125,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -2,9 +2,11 @@
 
 Targets are the frozen text embeddings stored with the records. Identical target texts in
 the global batch are positives of each other (labels from text ids), and masked steps or
-pages (padding, fewer than `min_words` words) take no part in the loss. An example's
-document target is the mean of its page targets; its image side is the TTM memory read
-out by the document head, so the memory is trained to summarise what it has read.
+pages (padding, fewer than `min_words` words) take no part in the loss. A document's target
+is the mean of all its page targets (`pipeline._Spec.doc_target`); its image side is the TTM
+memory after the document's last window, read out by the document head, wherever in the
+stream that window falls (`doc_mask`), so the memory is trained to summarise the whole
+document it has read, chunk after chunk.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import ml_collections as mlc
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from docjepa import losses
-from docjepa.models.docjepa import l2_normalize, masked_mean
+from docjepa.models.docjepa import l2_normalize
 
 
 def _siglip(z: jax.Array, t: jax.Array, ids: jax.Array, mask: jax.Array, scale: losses.SigLIPTemperature,
@@ -48,11 +50,6 @@ def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
     return {level: float(loss_cfg.bias_init) for level in counts}
 
 
-def doc_targets(page_emb: jax.Array, page_mask: jax.Array) -> jax.Array:
-    """[B, P, C] page targets, [B, P] mask -> [B, C]: the mean of each example's valid pages."""
-    return masked_mean(l2_normalize(page_emb), page_mask, axis=1)
-
-
 def _window(model, out, batch, cfg, mesh, bank):
     return _siglip(out["window"], batch["window_emb"], batch["window_text_id"], batch["window_mask"],
                    model.window_scale, cfg.chunked, mesh)
@@ -68,10 +65,8 @@ def _page(model, out, batch, cfg, mesh, bank):
 
 
 def _doc(model, out, batch, cfg, mesh, bank):
-    page_mask = _page_mask(out, batch)
-    doc_mask = page_mask.any(axis=-1)
-    return _siglip(out["doc"], doc_targets(batch["page_emb"], page_mask), jnp.full(doc_mask.shape, -1, jnp.int32),
-                   doc_mask, model.doc_scale, cfg.chunked, mesh)
+    return _siglip(out["doc"], batch["doc_emb"], jnp.full(batch["doc_mask"].shape, -1, jnp.int32),
+                   batch["doc_mask"], model.doc_scale, cfg.chunked, mesh)
 
 
 def _bank_rows(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -133,7 +128,7 @@ class Term:
 TERMS: dict[str, Term] = {
     "loss/window": Term("window_weight", _window),   # window embedding <-> text under the window
     "loss/page": Term("page_weight", _page),         # page embedding <-> text of the page
-    "loss/doc": Term("doc_weight", _doc),            # TTM memory <-> mean of the document's page texts
+    "loss/doc": Term("doc_weight", _doc),            # memory at a document's end <-> mean of its page texts
     # Text-bank negatives beside the batch (data/bank.py), with false negatives masked.
     "loss/window_bank": Term("window_bank_weight", _bank_term("window", "window", "window_scale",
                                                               lambda out, batch: batch["window_mask"])),

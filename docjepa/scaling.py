@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from docjepa import metrics  # noqa: E402
+from docjepa import cli, metrics  # noqa: E402
 from docjepa.data import bank, pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,6 +357,21 @@ def define_flags() -> None:
     flags.DEFINE_string("data", None, "Prepared corpus (default: each config's data.dir).")
     flags.DEFINE_string("retrieval_key", "retrieval/window/i2t_r1", "Eval key whose error 1 - R is fitted.")
     flags.mark_flags_as_required(["sweep", "out"])
+    flags.register_validator("sweep", _sweep_loads)
+
+
+def _sweep_loads(spec: str | None) -> bool:
+    """Flag validator: the --sweep file exists and imports, so that a wrong path or a broken
+    file is a one-line usage error (exit 2) from cli.parse_flags rather than a traceback."""
+    if spec is None:  # reported by mark_flags_as_required
+        return True
+    try:
+        load_sweep(spec)
+    except FileNotFoundError:
+        raise flags.ValidationError("no such config file") from None
+    except Exception as e:  # noqa: BLE001 - whatever the file raises on import
+        raise flags.ValidationError(f"cannot load it: {type(e).__name__}: {e}") from None
+    return True
 
 
 def main(argv: list[str]) -> None:
@@ -383,4 +398,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

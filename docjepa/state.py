@@ -23,6 +23,7 @@ from docjepa.models.docjepa import DocJEPA
 # Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
 STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "window_emb", "window_mask",
                "window_text_id", "page_emb", "page_mask", "page_text_id",
+               "doc_emb", "doc_mask", "reset",                  # document streams
                "record_index", "window_rows", "page_index")  # the last three: text-bank masks
 
 
@@ -75,21 +76,39 @@ def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.G
     return optax.chain(*parts), schedule
 
 
-def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.State) -> dict[str, Any]:
-    """The train state {params, opt, step} as ShapeDtypeStructs: what init, restore and
-    the shardings agree on."""
+def init_train_state(model: DocJEPA, tx: optax.GradientTransformation, batch_size: int) -> dict[str, Any]:
+    """{params, opt, step} and, with the TTM, `memory`: each stream row's carried memory
+    ([batch_size, m, C], float32), where every row starts from `memory_init`."""
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+    memory = model.initial_memory(batch_size)
+    return state if memory is None else state | {"memory": memory}
+
+
+def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.State,
+                         cfg: mlc.ConfigDict) -> dict[str, Any]:
+    """The train state as ShapeDtypeStructs: what init, restore and the shardings agree on."""
     params = nnx.to_pure_dict(abstract_params)
-    return {"params": params, "opt": jax.eval_shape(tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    state = {"params": params, "opt": jax.eval_shape(tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    if cfg.model.ttm.use_memory:
+        m, c = params["ttm"]["memory_init"].shape
+        dtype = jnp.promote_types(params["ttm"]["memory_init"].dtype, jnp.float32)
+        state["memory"] = jax.ShapeDtypeStruct((cfg.data.batch_size, m, c), dtype)
+    return state
 
 
 def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx.State,
-                          mesh: jax.sharding.Mesh) -> dict[str, Any]:
-    """Shardings of {params, opt, step}: params by logical rules, optimizer moments alike."""
+                          mesh: jax.sharding.Mesh, cfg: mlc.ConfigDict) -> dict[str, Any]:
+    """Shardings of the train state: params by logical rules, optimizer moments alike, the
+    carried memory by rows over the batch axes (each row lives where its stream's data does)."""
     param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
-    abstract_opt = abstract_train_state(tx, abstract_params)["opt"]
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+    abstract = abstract_train_state(tx, abstract_params, cfg)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt"], param_sh,
                                    transform_non_params=lambda _: sharding.replicated(mesh))
-    return {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+    out = {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+    if "memory" in abstract:
+        out["memory"] = sharding.batch_sharding(mesh, 3)
+    return out
 
 
 def pretrained_encoder(cfg: mlc.ConfigDict, shardings: Any) -> Any:

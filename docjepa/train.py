@@ -23,7 +23,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from docjepa import checkpoint, metrics, objective, sharding, state as factory, validate
+from docjepa import checkpoint, cli, metrics, objective, sharding, state as factory, validate
 from docjepa import evals
 from docjepa.data import bank, pipeline
 from docjepa.models.docjepa import update_running_means
@@ -45,34 +45,45 @@ class NonFiniteError(RuntimeError):
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     cfg: mlc.ConfigDict, mesh: jax.sharding.Mesh):
     """The pure step: (state, batch, bank) -> (state, metrics). Non-finite updates are skipped.
-    `bank`: the text bank on the mesh (`state.device_bank`), or None without bank terms."""
+    `bank`: the text bank on the mesh (`state.device_bank`), or None without bank terms.
+
+    With the TTM, `state["memory"]` is each stream row's memory after its previous chunk: the
+    step starts from it (from `memory_init` where `batch["reset"]`) and stores the memory after
+    this chunk. Gradients stop at the carry (truncated back-propagation through time: the
+    horizon is one chunk, `data.max_steps` windows)."""
     accum = cfg.optim.grad_accum
 
-    def loss_fn(params, batch, bank):
+    def loss_fn(params, batch, bank, memory):
         model = nnx.merge(graphdef, params)
         out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                    max_pages=cfg.data.max_pages, train=True)
+                    max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True)
         total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh, bank)
-        return total, (terms, out["feature_means"])
+        return total, (terms, out["feature_means"], out.get("memory"))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state, batch, bank=None):
         params = state["params"]
+        memory = jax.lax.stop_gradient(state["memory"]) if "memory" in state else None
         if bank is not None and cfg.loss.bank_size:
             bank = objective.sample_bank(bank, jax.random.fold_in(jax.random.key(cfg.seed), state["step"]),
                                          cfg.loss.bank_size)
         if accum == 1:
-            (loss, (terms, means)), grads = grad_fn(params, batch, bank)
-        else:  # microbatches in a scan: activations of one microbatch alive at a time
-            micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+            (loss, (terms, means, memory)), grads = grad_fn(params, batch, bank, memory)
+        else:  # microbatches of rows in a scan: activations of one microbatch alive at a time
+            split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])  # noqa: E731
 
-            def body(carry, mb):
-                return jax.tree.map(jnp.add, carry, grad_fn(params, mb, bank)), None
+            def body(carry, xs):
+                mb, mem = xs
+                (loss, (terms, means, mem)), grads = grad_fn(params, mb, bank, mem)
+                return jax.tree.map(jnp.add, carry, (loss, terms, means, grads)), mem
 
-            shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), bank)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            ((loss, (terms, means)), grads), _ = jax.lax.scan(body, zeros, micro)
+            micro = jax.tree.map(split, (batch, memory))
+            first = jax.tree.map(lambda x: x[0], micro)
+            (loss, (terms, means, _)), grads = jax.eval_shape(grad_fn, params, first[0], bank, first[1])
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, terms, means, grads))
+            (loss, terms, means, grads), memory = jax.lax.scan(body, zeros, micro)
+            memory = None if memory is None else memory.reshape(-1, *memory.shape[2:])
             loss, terms, means, grads = jax.tree.map(lambda x: x / accum, (loss, terms, means, grads))
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = update_running_means(optax.apply_updates(params, updates), means, cfg.model.center_momentum)
@@ -84,6 +95,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             "opt": jax.tree.map(keep, opt, state["opt"]),
             "step": state["step"] + 1,
         }
+        if memory is not None:
+            new_state["memory"] = keep(memory, state["memory"])
         out = {
             "loss": loss, **terms, "grad_norm": grad_norm, "lr": schedule(state["step"]),
             "finite": finite.astype(jnp.float32),
@@ -148,12 +161,11 @@ def main(argv: list[str]) -> None:
     tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
 
     # --------------------------------------------------------------- shardings
-    state_sh = factory.train_state_shardings(tx, abstract_params, mesh)
+    state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init_state():
-        params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
-        return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+        return factory.init_train_state(make_model(), tx, cfg.data.batch_size)
 
     # -------------------------------------------------------------------- step
     batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in factory.STEP_FIELDS}  # leading dim; rest replicated
@@ -166,7 +178,7 @@ def main(argv: list[str]) -> None:
 
     # -------------------------------------------------------------- checkpoint
     ckpt = checkpoint.Checkpointer(workdir, keep=cfg.train.keep)
-    abstract_state = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params), state_sh)
+    abstract_state = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params, cfg), state_sh)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(None, abstract_state, train_iter)
         log.info("resumed from step %d", int(state["step"]))
@@ -268,4 +280,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -58,6 +58,9 @@ RULES: dict[str, Rule] = {
     "prepare.source": (lambda v: isinstance(v, str) and bool(v), "must be a non-empty string"),
     "prepare.max_pixels": (lambda v: _pos_int(v) and v >= 224 * 224, "must be an integer >= 224 * 224"),
     "prepare.val_fraction": (_fraction, "must be in [0, 1)"),
+    "prepare.synth_long": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
+    "prepare.synth_long_pages": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(_pos_int(x) for x in v)
+                                 and v[0] <= v[1], "must be (min, max) pages with 1 <= min <= max"),
     "prepare.shard_docs": (_pos_int, "must be a positive integer"),
     "prepare.workers": (_nonneg_int, "must be a non-negative integer"),
     "text.pooling": (_one_of("mean", "cls"), "must be 'mean' or 'cls'"),
@@ -69,7 +72,6 @@ RULES: dict[str, Rule] = {
     "data.min_words": (_nonneg_int, "must be a non-negative integer"),
     "data.batch_size": (_pos_int, "must be a positive integer"),
     "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
-    "data.chunk_shuffle": (_nonneg_int, "must be a non-negative integer (0 or 1 = off)"),
     "data.center_targets": _FLAG,
     # Hiera implements stochastic depth, but the train step runs the model deterministically
     # (no dropout RNG is threaded through the state yet): refuse rather than silently ignore.
@@ -114,6 +116,8 @@ RULES: dict[str, Rule] = {
     "train.max_nonfinite": (_pos_int, "must be a positive integer"),
     "evals.batch_size": (_pos_int, "must be a positive integer"),
     "evals.max_examples": (_pos_int, "must be a positive integer"),
+    "evals.long_doc_pages": (_pos_int, "must be a positive integer"),
+    "evals.recall_max_k": (_nonneg_int, "must be a non-negative integer"),
     "evals.layout_stage": (_one_of(0, 1, 2, 3), "must be a Hiera stage index in 0..3"),
 }
 

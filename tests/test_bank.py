@@ -48,8 +48,8 @@ def test_prepare_writes_every_distinct_target_and_the_corpus_mean(synth_corpus):
 def test_pipeline_and_bank_centre_with_the_same_mean(synth_corpus):
     manifest = pipeline.read_manifest(str(synth_corpus))
     kw = dict(batch_size=4, max_steps=8, max_pages=2, min_words=0, max_examples=4)
-    (raw,) = pipeline.eval_batches(str(synth_corpus), "train", center=False, **kw)
-    (cen,) = pipeline.eval_batches(str(synth_corpus), "train", center=True, **kw)
+    raw = next(pipeline.eval_batches(str(synth_corpus), "train", center=False, **kw))
+    cen = next(pipeline.eval_batches(str(synth_corpus), "train", center=True, **kw))
     mean = np.asarray(manifest["target_mean"]["window"], np.float32)
     m = raw["step_mask"]
     np.testing.assert_allclose(cen["window_emb"][m], raw["window_emb"][m] - mean, atol=1e-6)

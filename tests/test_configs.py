@@ -93,7 +93,7 @@ def test_large_config_shards_state_over_fsdp():
     assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
     _, params = nnx.split(nnx.eval_shape(functools.partial(factory.build_model, cfg, 1024, 0)), nnx.Param)
     tx, _ = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(params))
-    shardings = factory.train_state_shardings(tx, params, mesh)
+    shardings = factory.train_state_shardings(tx, params, mesh, cfg)
     abstract = jax.eval_shape(tx.init, nnx.to_pure_dict(params))
     state = {"params": nnx.to_pure_dict(params), "opt": abstract}
 

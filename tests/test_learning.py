@@ -34,9 +34,10 @@ def test_train_step_memorises_a_fixed_batch(synth_corpus):
     cfg.model.hiera.overrides.embed_dim = 16
     cfg.optim.warmup_steps, cfg.optim.lr = 0, 5e-3
     manifest = pipeline.read_manifest(cfg.data.dir)
-    # The first chunk of each of the first documents: one batch of windows from different documents.
-    (pool,) = pipeline.eval_batches(cfg.data.dir, "train", batch_size=64, max_steps=8, max_pages=2,
-                                    min_words=cfg.data.min_words, center=True, max_examples=64)
+    # The first chunk of each of the first documents: one batch of windows from different documents
+    # (the first batch of the streams holds each row's first chunk).
+    pool = next(pipeline.eval_batches(cfg.data.dir, "train", batch_size=64, max_steps=8, max_pages=2,
+                                      min_words=cfg.data.min_words, center=True, max_examples=64))
     first = np.flatnonzero((pool["chunk_index"] == 0) & pool["example_mask"])[: cfg.data.batch_size]
     batch = {k: pool[k][first] for k in factory.STEP_FIELDS}
     assert batch["window_mask"].sum() >= 20  # enough windows for R@1 to mean something
@@ -48,8 +49,7 @@ def test_train_step_memorises_a_fixed_batch(synth_corpus):
     graphdef, abstract = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     steps = 60  # the whole cosine schedule: the centring's running mean settles as the lr decays
     tx, schedule = factory.build_optimizer(cfg.optim, steps, factory.decay_mask(abstract))
-    params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
-    state = {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+    state = factory.init_train_state(make_model(), tx, cfg.data.batch_size)
     step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh))
 
     r1, chance = _window_r1(graphdef, state["params"], batch, cfg)

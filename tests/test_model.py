@@ -8,6 +8,7 @@ from flax import nnx
 
 from configs import demo
 from docjepa import objective, state as factory, validate
+from docjepa.data import pipeline
 from docjepa.models import docjepa as docjepa_model
 
 
@@ -30,9 +31,14 @@ def _inputs(seed: int = 0):
     return patches, step_mask, page_ids, boxes
 
 
+@nnx.jit
+def _forward(model, patches, step_mask, page_ids, boxes):
+    return model(patches, step_mask, page_ids, boxes, max_pages=2)
+
+
 def _window(model, boxes):
     patches, step_mask, page_ids, _ = _inputs()
-    return np.asarray(model(patches, step_mask, page_ids, boxes, max_pages=2)["window"])
+    return np.asarray(_forward(model, patches, step_mask, page_ids, boxes)["window"])
 
 
 def test_window_box_embedding_starts_neutral_and_then_moves_outputs():
@@ -54,11 +60,15 @@ def test_window_box_embedding_starts_neutral_and_then_moves_outputs():
     np.testing.assert_array_equal(_window(off, boxes), _window(off, moved))
 
 
-def test_doc_targets_mean_of_valid_normalised_pages():
-    page_emb = np.array([[[3, 0], [0, 2], [5, 5]], [[0, 1], [9, 9], [9, 9]]], np.float32)
-    mask = np.array([[True, True, False], [True, False, False]])
-    got = np.asarray(objective.doc_targets(page_emb, mask))
-    np.testing.assert_allclose(got, [[0.5, 0.5], [0.0, 1.0]], atol=1e-6)
+def test_doc_target_mean_of_valid_normalised_pages():
+    spec = pipeline._Spec(max_steps=4, max_pages=2, min_words=3, window=224, dim=2,
+                          mean={"window": np.zeros(2, np.float32), "page": np.array([1, 1], np.float32)})
+    page_emb = np.array([[4, 1], [1, 3], [6, 6]], np.float32)  # centred: [3, 0], [0, 2], [5, 5]
+    target, ok = spec.doc_target({"page_emb": page_emb, "page_nwords": np.array([5, 3, 2])})
+    np.testing.assert_allclose(target, [0.5, 0.5], atol=1e-6)
+    assert ok
+    target, ok = spec.doc_target({"page_emb": page_emb, "page_nwords": np.array([0, 1, 2])})
+    assert not ok and not target.any()  # no page with enough words: no document target
 
 
 def test_doc_term_trains_the_memory_and_only_it_when_alone():
@@ -73,7 +83,8 @@ def test_doc_term_trains_the_memory_and_only_it_when_alone():
     batch = {"window_emb": rng.normal(size=(2, 3, 16)).astype(np.float32), "window_mask": step_mask,
              "window_text_id": np.arange(6, dtype=np.int32).reshape(2, 3),
              "page_emb": rng.normal(size=(2, 2, 16)).astype(np.float32), "page_mask": np.ones((2, 2), bool),
-             "page_text_id": np.arange(4, dtype=np.int32).reshape(2, 2)}
+             "page_text_id": np.arange(4, dtype=np.int32).reshape(2, 2),
+             "doc_emb": np.ones((2, 16), np.float32), "doc_mask": np.ones((2,), bool)}
 
     def loss(p):
         m = nnx.merge(graphdef, p)
@@ -81,7 +92,7 @@ def test_doc_term_trains_the_memory_and_only_it_when_alone():
         total, terms = objective.loss_terms(m, out, batch, cfg.loss)
         return total, terms
 
-    (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (total, terms), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert set(terms) == {"loss/doc"} and np.isfinite(float(terms["loss/doc"]))  # weight 0: not computed
     np.testing.assert_allclose(float(total), float(terms["loss/doc"]), rtol=1e-6)
     norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))  # noqa: E731
@@ -95,11 +106,12 @@ def test_zero_weight_terms_are_not_traced(monkeypatch):
     cfg = _cfg()
     model = factory.build_model(cfg, 16, 0)
     patches, step_mask, page_ids, boxes = _inputs()
-    out = model(patches, step_mask, page_ids, boxes, max_pages=2)
+    out = _forward(model, patches, step_mask, page_ids, boxes)
     batch = {"window_emb": np.ones((2, 3, 16), np.float32), "window_mask": step_mask,
              "window_text_id": np.arange(6, dtype=np.int32).reshape(2, 3),
              "page_emb": np.ones((2, 2, 16), np.float32), "page_mask": np.ones((2, 2), bool),
-             "page_text_id": np.arange(4, dtype=np.int32).reshape(2, 2)}
+             "page_text_id": np.arange(4, dtype=np.int32).reshape(2, 2),
+             "doc_emb": np.ones((2, 16), np.float32), "doc_mask": np.ones((2,), bool)}
 
     def boom(*args):
         raise AssertionError("a weight-0 term was traced")

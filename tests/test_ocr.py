@@ -1,6 +1,7 @@
 """The OCR schema, the PDF and image readers on files made here, and the bad-file zoo."""
 
 import json
+import math
 import struct
 import zlib
 
@@ -9,6 +10,7 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+import pdf_factory
 from docjepa.data import ocr
 from docjepa.data.ocr import BadDocument, Document, LayoutElement, OcrSchemaError, Page, Word
 
@@ -145,6 +147,51 @@ def test_read_pdf_rotated_page(text_pdf, tmp_path):
     assert images[0].shape == (425, 550, 3)  # landscape after rotation
     for w in doc.pages[0].words:
         assert _ink_inside(images[0], w.box) > 0.05, w
+
+
+@pytest.mark.parametrize("name", sorted(pdf_factory.GEOMETRY))
+def test_pdf_word_boxes_match_the_rendered_pixels(tmp_path, name):
+    """Inherited /MediaBox and /CropBox, a CropBox inside the MediaBox, a shifted origin,
+    /Rotate 90 and 270, /UserUnit: the word box is where the page image has the word's ink."""
+    path = tmp_path / f"{name}.pdf"
+    path.write_bytes(pdf_factory.geometry_pdf(name))
+    doc, images = ocr.read_pdf(path, dpi=100, max_pages=1, max_pixels=10_000_000)
+    w, h = pdf_factory.GEOMETRY[name][3]
+    assert images[0].shape[:2] == (math.ceil(h * 100 / 72), math.ceil(w * 100 / 72))
+    (word,) = doc.pages[0].words  # one word, not one per glyph (rotated pages) and not clipped away
+    assert word.text == pdf_factory.GEOMETRY[name][2].split(b"(")[1].split(b")")[0].decode()
+    np.testing.assert_allclose(word.box, pdf_factory.ink_box(images[0]), atol=1.0)
+    doc.check()
+
+
+def test_rotated_page_keeps_lines_and_words(tmp_path):
+    """Lines are found in the page's own frame: on a /Rotate 90 page, two words on one baseline
+    are one line, and a second baseline is the next line."""
+    content = pdf_factory.text(50, 300, "first line") + b" " + pdf_factory.text(50, 270, "second")
+    path = tmp_path / "turned.pdf"
+    path.write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 300 400] /Rotate 90", content)]))
+    doc, images = ocr.read_pdf(path, dpi=100, max_pages=1, max_pixels=10_000_000)
+    words = {w.text: w for w in doc.pages[0].words}
+    assert sorted(words) == ["first", "line", "second"]
+    assert words["first"].line == words["line"].line != words["second"].line
+    for w in words.values():
+        assert _ink_inside(images[0], w.box) > 0.1, w
+
+
+def test_unspaced_scripts_become_one_word_per_character(tmp_path):
+    """A Chinese/Japanese run is split into characters (window texts then follow the pixels);
+    Latin words next to it stay whole, and all stay on one line in reading order."""
+    content = pdf_factory.cjk_text(20, 300, "文档理解ですab") + b" " + pdf_factory.text(20, 250, "Latin words")
+    path = tmp_path / "cjk.pdf"
+    path.write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 400 400]", content)]))
+    doc, _ = ocr.read_pdf(path, dpi=72, max_pages=1, max_pixels=10_000_000)
+    words = doc.pages[0].words
+    assert [w.text for w in words] == ["文", "档", "理", "解", "で", "す", "ab", "Latin", "words"]
+    assert len({w.line for w in words[:7]}) == 1 and words[7].line == words[8].line != words[0].line
+    for k, w in enumerate(words[:6]):  # 24 pt advance each at 72 dpi; a box even without a CJK font
+        assert w.box[0] == pytest.approx(20 + 24 * k, abs=0.5) and w.box[2] == pytest.approx(44 + 24 * k, abs=0.5)
+        assert 15 < w.box[3] - w.box[1] < 30
+    doc.check()
 
 
 def test_read_pdf_pixel_cap(text_pdf):

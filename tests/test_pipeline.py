@@ -82,7 +82,7 @@ def corpus(tmp_path_factory):
 def _cfg(data_dir, **kw):
     cfg = mlc.ConfigDict({"dir": data_dir, "train_split": "train", "max_steps": 4, "max_pages": 2,
                           "min_words": 2, "worker_count": 0, "augment": True, "shuffle_buffer": 0,
-                          "chunk_shuffle": 0, "center_targets": False})
+                          "center_targets": False})
     cfg.update(kw)
     return cfg
 
@@ -106,9 +106,17 @@ def test_plan_chunks():
 
 def test_chunk_alignment_masks_and_padding(tmp_path):
     # A 3-page document with 8 windows per page at max_steps 16 -> chunks [p0 p1] and [p2].
+    # One stream per row: the document's chunks come in one row, one per batch; row 1 is padding.
     data_dir = _write_corpus(tmp_path, [_doc(7, pages=3, rows=4)], shards=1)
-    (batch,) = pipeline.eval_batches(data_dir, "train", batch_size=3, max_steps=16, max_pages=4, min_words=2,
-                                     center=False)
+    first, second = pipeline.eval_batches(data_dir, "train", batch_size=2, max_steps=16, max_pages=4, min_words=2,
+                                          center=False)
+    batch = {k: np.stack([first[k][0], second[k][0], first[k][1]]) for k in first}
+    np.testing.assert_array_equal(batch["reset"], [True, False, True])  # padding also starts clean
+    np.testing.assert_array_equal(batch["doc_end"], [False, True, False])
+    np.testing.assert_array_equal(batch["doc_mask"], [False, True, False])
+    # The document target: the mean of the unit page targets with >= min_words words (pages 0, 2).
+    np.testing.assert_allclose(batch["doc_emb"][1], np.full(D, 0.5), rtol=1e-6)
+    assert not batch["doc_emb"][2].any()
     assert batch["patches"].shape == (3, 16, W, W, 3) and batch["patches"].dtype == np.uint8
     assert batch["window_emb"].shape == (3, 16, D) and batch["page_emb"].shape == (3, 4, D)
     np.testing.assert_array_equal(batch["example_mask"], [True, True, False])
@@ -141,9 +149,11 @@ def test_chunk_alignment_masks_and_padding(tmp_path):
 def test_eval_batches_carry_what_evaluators_read(tmp_path):
     # The chunks [p0 p1] and [p2] of a 3-page document (as above) and one 1-page document.
     data_dir = _write_corpus(tmp_path, [_doc(7, pages=3, rows=4), _doc(8, pages=1, rows=1)], shards=1)
-    (batch,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2, center=False,
-                                     with_ocr=True)
-    np.testing.assert_array_equal(batch["example_index"], [0, 1, 2, -1])  # unique per (record, chunk)
+    first, second = pipeline.eval_batches(data_dir, "train", batch_size=2, max_steps=16, max_pages=4, min_words=2,
+                                          center=False, with_ocr=True)
+    # Rows in stream order: [doc 7 chunk 0, doc 8] then [doc 7 chunk 1, padding].
+    batch = {k: np.stack([first[k][0], second[k][0], first[k][1], second[k][1]]) for k in first}
+    np.testing.assert_array_equal(batch["example_index"], [0, 2, 1, -1])  # unique per (record, chunk)
     np.testing.assert_array_equal(batch["page_index"], [[0, 1, -1, -1], [2, -1, -1, -1], [0, -1, -1, -1], [-1] * 4])
     for b, first_window in ((0, 0), (1, 16)):  # the record's window rows, in step order
         n = int(batch["step_mask"][b].sum())
@@ -152,18 +162,56 @@ def test_eval_batches_carry_what_evaluators_read(tmp_path):
         np.testing.assert_array_equal(batch["window_rows"][b, :n, 1], (w % 2) * W)
         assert (batch["window_rows"][b, n:] == -1).all()
     assert batch["ocr_json"].tolist() == [b"{}", b"{}", b"{}", b""]
-    (plain,) = pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2,
-                                     center=False)
+    plain = next(pipeline.eval_batches(data_dir, "train", batch_size=4, max_steps=16, max_pages=4, min_words=2,
+                                       center=False))
     assert "ocr_json" not in plain  # read only when layout labels are asked for
 
 def test_eval_single_pass_and_max_examples(corpus):
     batches = list(pipeline.eval_batches(corpus, "train", batch_size=4, max_steps=4, max_pages=2, min_words=2, center=False))
+    _check_streams(batches)
     mask = np.concatenate([b["example_mask"] for b in batches])
-    rec = np.concatenate([b["record_index"] for b in batches])[mask]
-    assert rec.tolist() == [r for r, n in enumerate(CHUNKS) for _ in range(n)]
+    seen = np.stack([np.concatenate([b[k] for b in batches])[mask] for k in ("record_index", "chunk_index")], 1)
+    assert sorted(map(tuple, seen.tolist())) == [(r, c) for r, n in enumerate(CHUNKS) for c in range(n)]
+    # Records start in order, one per free row: the first batch holds records 0-3.
+    np.testing.assert_array_equal(batches[0]["record_index"], [0, 1, 2, 3])
+    # At most 5 chunks begun: records 0-3 (4 chunks), then record 4 starts (5th); record 1's
+    # second chunk finishes it; nothing starts after that.
     limited = list(pipeline.eval_batches(corpus, "train", batch_size=4, max_steps=4, max_pages=2,
                                          min_words=2, center=False, max_examples=5))
-    assert len(limited) == 2 and sum(int(b["example_mask"].sum()) for b in limited) == 5
+    _check_streams(limited)
+    assert len(limited) == 2 and sum(int(b["example_mask"].sum()) for b in limited) == 6
+    assert {int(r) for b in limited for r in b["record_index"][b["example_mask"]]} == {0, 1, 2, 3, 4}
+
+
+def _check_streams(batches):
+    """Every row walks whole documents in order: chunk k + 1 of a record follows chunk k in the
+    same row; a record starts at chunk 0 with `reset` and ends with `doc_end`; padding resets."""
+    for row in range(len(batches[0]["reset"])):
+        prev = None  # (record, chunk, ended) of the row's previous example
+        for b in batches:
+            ex, rec, k = bool(b["example_mask"][row]), int(b["record_index"][row]), int(b["chunk_index"][row])
+            if not ex:
+                assert b["reset"][row] and not b["doc_end"][row]
+                assert prev is None or prev[2]  # a row only runs dry between documents
+                prev = None
+                continue
+            assert bool(b["reset"][row]) == (k == 0)
+            if prev is not None and not prev[2]:
+                assert (rec, k) == (prev[0], prev[1] + 1)
+            else:
+                assert k == 0
+            prev = (rec, k, bool(b["doc_end"][row]))
+        assert prev is None or prev[2]
+
+
+def test_train_streams_walk_whole_documents(corpus):
+    it = pipeline.make_train_iterator(_cfg(corpus), seed=5, local_batch_size=3, process_index=0, process_count=1)
+    batches = _take(it, 12)  # several epochs of 8 chunks
+    _check_streams(batches)
+    assert all(b["example_mask"].all() for b in batches)  # an infinite stream never runs dry
+    # A document's chunks all carry its whole-document target; it is valid where the document ends.
+    for b in batches:
+        np.testing.assert_array_equal(b["doc_mask"], b["doc_end"])
 
 
 def test_train_determinism_and_seeds(corpus):

@@ -1,7 +1,13 @@
-"""prepare: end to end on synthetic documents, a bad-file zoo and TFDS; resume and determinism."""
+"""prepare: end to end on synthetic documents, a bad-file zoo and TFDS; resume and determinism;
+page geometry checked against pixels, the schema gate, a missing OCR engine, the command line."""
 
 import json
+import logging
+import os
+import re
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
@@ -10,6 +16,8 @@ import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordReader
 
+import pdf_factory
+import train_utils
 from configs import demo
 from docjepa.data import ocr, pipeline, prepare, synth
 from docjepa.data.record import decode_record
@@ -165,17 +173,28 @@ def zoo(tmp_path_factory):
     (d / "truncated.pdf").write_bytes((d / "good.pdf").read_bytes()[:300])
     (d / "huge.png").write_bytes(_png_header(100_000, 100_000))
     (d / "notes.txt").write_text("not a document")
+    # Links that leave the tree, to a readable PDF and to a folder of them: never opened.
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.pdf").write_bytes((d / "good.pdf").read_bytes())
+    os.symlink(outside / "secret.pdf", d / "passwd.pdf")
+    os.symlink(outside, d / "elsewhere")
     return d
 
 
 def test_bad_file_zoo(zoo, tmp_path, encoder):
     manifest = prepare.prepare(_cfg(str(zoo)), str(tmp_path), progress=False, encoder=encoder)
     rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
-    reasons = {(e["file"].rsplit("/", 1)[-1], e["reason"]) for e in rejected}
-    assert reasons == {("empty.pdf", "zero_bytes"), ("random.pdf", "not_a_pdf"), ("truncated.pdf", "truncated_pdf"),
-                       ("huge.png", "too_many_pixels"), ("good.pdf", "no_text")}
-    assert manifest["rejected"] == {"no_text": 1, "not_a_pdf": 1, "too_many_pixels": 1, "truncated_pdf": 1,
-                                    "zero_bytes": 1}
+    reasons = {(e["file"].rsplit("/", 1)[-1], e["reason"], e.get("page")) for e in rejected}
+    assert reasons == {("empty.pdf", "zero_bytes", None), ("random.pdf", "not_a_pdf", None),
+                       ("truncated.pdf", "truncated_pdf", None), ("huge.png", "too_many_pixels", None),
+                       ("passwd.pdf", "symlink_outside_source", None), ("elsewhere", "symlink_outside_source", None),
+                       ("good.pdf", "no_text", 1)}
+    links = [e for e in rejected if e["reason"] == "symlink_outside_source"]
+    assert all(" -> " in e["detail"] and "outside" in e["detail"] for e in links)
+    # Rejected documents and dropped pages (of kept documents) are counted apart.
+    assert manifest["rejected"] == {"not_a_pdf": 1, "symlink_outside_source": 2, "too_many_pixels": 1,
+                                    "truncated_pdf": 1, "zero_bytes": 1}
+    assert manifest["dropped_pages"] == {"no_text": 1}
     assert manifest["splits"]["train"]["documents"] == 2 and manifest["splits"]["train"]["pages"] == 2
     recs = [r for f in manifest["splits"]["train"]["files"] for r in _records(tmp_path / f)]
     assert {r["doc_id"]: r["page_text"] for r in recs} == {
@@ -220,7 +239,124 @@ def test_tfds_builder_and_sources(tmp_path, encoder):
 
     ToyScans(data_dir=str(tmp_path / "tfds")).download_and_prepare(file_format="array_record")
     m = prepare.prepare(_cfg(f"tfds:toy_scans:test@{tmp_path / 'tfds'}"), str(tmp_path / "c"), progress=False, encoder=encoder)
-    assert m["categories"] == ["memo", "letter"] and m["rejected"] == {"no_text": 1}
+    assert m["categories"] == ["memo", "letter"] and m["rejected"] == {"no_text": 1} and m["dropped_pages"] == {}
     (rec,) = _records(tmp_path / "c" / m["splits"]["train"]["files"][0])
     assert rec["category"] == "letter" and rec["category_id"] == 1
     assert "budgets" in rec["page_text"][0].lower()
+
+
+# ----------------------------------------------------------------------------- page geometry
+
+
+def test_geometry_pdfs_round_trip_with_boxes_on_the_ink(tmp_path, encoder):
+    """The regression PDFs (inherited boxes, CropBox < MediaBox, /Rotate 90 and 270, /UserUnit)
+    through prepare: in every stored page, the word box is within 1 px of the word's dark pixels."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in pdf_factory.GEOMETRY:
+        (src / f"{name}.pdf").write_bytes(pdf_factory.geometry_pdf(name))
+    manifest = prepare.prepare(_cfg(str(src)), str(tmp_path / "out"), progress=False, encoder=encoder)
+    assert manifest["rejected"] == {} and manifest["dropped_pages"] == {}
+    recs = [r for f in manifest["splits"]["train"]["files"] for r in _records(tmp_path / "out" / f)]
+    assert sorted(r["doc_id"] for r in recs) == sorted(f"{n}.pdf" for n in pdf_factory.GEOMETRY)
+    for r in recs:
+        (page,) = ocr.Document.from_json(r["ocr_json"]).pages
+        image = cv2.imdecode(np.frombuffer(r["pages_png"][0], np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape[:2] == (page.height, page.width) and page.width == 448
+        (word,) = page.words
+        np.testing.assert_allclose(word.box, pdf_factory.ink_box(image), atol=1.0, err_msg=r["doc_id"])
+
+
+class _BoxesOffThePage(prepare.Source):
+    """Documents whose words a (hypothetical) broken reader put outside the page."""
+
+    name = "offpage"
+
+    def items(self):
+        return [prepare.Item("mixed", 0), prepare.Item("all-bad", 1)]
+
+    def read(self, item, cfg):
+        image = np.full((300, 400, 3), 255, np.uint8)
+        cv2.putText(image, "Total", (40, 100), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 2)
+        good = ocr.Page(400, 300, 72.0, [ocr.Word("Total", (40.0, 75.0, 130.0, 102.0))])
+        bad = ocr.Page(400, 300, 72.0, [ocr.Word("Total", (40.0, 75.0, 130.0, 102.0)),
+                                        ocr.Word("due", (140.0, 350.0, 190.0, 380.0), order=1)])  # y > 300
+        pages = [good, bad] if item.locator == 0 else [bad]
+        return ocr.Document(item.doc_id, self.name, pages), [image] * len(pages)
+
+
+def test_pages_failing_the_schema_are_dropped_not_stored(tmp_path, encoder, monkeypatch):
+    monkeypatch.setitem(prepare.SOURCES, "offpage", lambda rest, seed: _BoxesOffThePage())
+    manifest = prepare.prepare(_cfg("offpage:"), str(tmp_path), progress=False, encoder=encoder)
+    assert manifest["dropped_pages"] == {"ocr_schema": 1} and manifest["rejected"] == {"ocr_schema": 1}
+    rejected = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    by_file = {e["file"]: e for e in rejected}
+    assert by_file["mixed"]["page"] == 1 and "pages[1].words[1].box" in by_file["mixed"]["detail"]
+    assert "outside the 400x300 page" in by_file["mixed"]["detail"]
+    assert "page" not in by_file["all-bad"]
+    (rec,) = [r for f in manifest["splits"]["train"]["files"] for r in _records(tmp_path / f)]
+    doc = ocr.Document.from_json(rec["ocr_json"])  # what is stored passes the schema
+    assert rec["doc_id"] == "mixed" and len(doc.pages) == len(rec["pages_png"]) == 1
+    assert rec["page_text"] == ["Total"]
+
+
+# ----------------------------------------------------------------------------- OCR engine
+
+
+def test_missing_ocr_engine(tmp_path, encoder, monkeypatch, caplog, zoo):
+    assert ocr.tesseract_problem("eng") is None  # the engine of this machine
+    assert "install tesseract-ocr-qqq" in ocr.tesseract_problem("eng+qqq")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no tesseract to be found
+    assert "apt-get install tesseract-ocr" in ocr.tesseract_problem("eng")
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "scan.png").write_bytes((zoo / "scan.png").read_bytes())
+    with pytest.raises(prepare.PrepareError, match=r"^prepare.source: every document of .* needs OCR, but the "
+                                                   r"Tesseract OCR engine .* apt-get install tesseract-ocr"):
+        prepare.prepare(_cfg(str(scans)), str(tmp_path / "a"), progress=False, encoder=encoder)
+    assert not (tmp_path / "a").exists()  # refused before any work
+    # PDFs may have a text layer: one warning, then scans are listed as no_ocr_engine.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "scan.png").write_bytes((zoo / "scan.png").read_bytes())
+    (mixed / "text.pdf").write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 300 200]",
+                                                             pdf_factory.text(20, 100, "Invoice"))] * 2))
+    (mixed / "scanned.pdf").write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 300 200]", b"")]))
+    with caplog.at_level(logging.WARNING, logger="docjepa.data.prepare"):
+        m = prepare.prepare(_cfg(str(mixed)), str(tmp_path / "b"), progress=False, encoder=encoder)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "apt-get install tesseract-ocr" in warnings[0]
+    assert m["rejected"] == {"no_ocr_engine": 2} and m["splits"]["train"]["documents"] == 1
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _prepare_cli(src, out, *extra):
+    cmd = [sys.executable, "-m", "docjepa.prepare", "--config", "configs/demo.py", f"--source={src}", f"--out={out}",
+           "--config.prepare.workers=0", "--config.prepare.val_fraction=0.0", *extra]
+    return subprocess.run(cmd, cwd=train_utils.ROOT, env=train_utils.env(), capture_output=True, text=True, timeout=300)
+
+
+def test_cli_summary_progress_and_exit_code(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    words = [pdf_factory.text(20, 100, "Invoice total"), b"", pdf_factory.text(20, 100, "third page")]
+    (src / "long.pdf").write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 300 200]", c) for c in words]))
+    (src / "empty.pdf").write_bytes(b"")
+    r = _prepare_cli(src, tmp_path / "out", "--config.prepare.max_pages=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["documents"] == {"kept": 1, "rejected": 1} and summary["pages"] == {"kept": 1, "dropped": 1}
+    assert summary["rejected"] == {"zero_bytes": 1} and summary["dropped_pages"] == {"no_text": 1}
+    assert summary["truncated"] == {"documents": 1, "pages": 1}  # long.pdf: 3 pages, max_pages=2
+    # The embedding stage has its own bar with a rate and an ETA; no per-document lines.
+    done = r"text embed train-00000-of-00001: 100%\|.*\| (\d+)/\1 \[\d\d:\d\d<00:00, +[\d.]+(text/s|s/text)\]"
+    assert re.search(done, r.stderr), r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    assert not [ln for ln in lines if "long.pdf" in ln or "empty.pdf" in ln], lines
+
+    (src / "long.pdf").unlink()  # nothing left to keep: the run fails
+    r = _prepare_cli(src, tmp_path / "out2")
+    assert r.returncode == 1 and json.loads(r.stdout)["documents"] == {"kept": 0, "rejected": 1}
+    assert r.stderr.strip().splitlines()[-1].startswith("error: no document kept (1 rejected, reasons in ")

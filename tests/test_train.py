@@ -19,9 +19,12 @@ from flax import nnx
 import train_utils as tu
 from configs import demo
 from docjepa import sharding, state as factory, train
+from docjepa.data import pipeline
 from docjepa.data.record import decode_record, encode_record
 
-pytestmark = pytest.mark.xdist_group("train")
+# Tests that run the entry points in subprocesses share a persistent compilation cache
+# (`jax_cache`, one per worker): they are grouped on one worker; the in-process ones spread.
+subprocess_group = pytest.mark.xdist_group("train")
 
 
 def _cfg(bank: bool = False):
@@ -55,6 +58,9 @@ def _batch(cfg, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
         "window_rows": np.concatenate([np.maximum(page_ids, 0)[..., None],
                                        rng.integers(0, 400, (b, s, 1)) + np.array([0, 0, 224, 224])], -1).astype(np.int32),
         "page_index": np.broadcast_to(np.arange(p, dtype=np.int32), (b, p)).copy(),
+        "doc_emb": rng.normal(size=(b, dim)).astype(np.float32),
+        "doc_mask": np.array([False, True, True, True])[:b],  # row 0's document goes on
+        "reset": np.array([True, False, True, True])[:b],     # row 1 continues a document
     }
 
 
@@ -75,20 +81,21 @@ def _bank(dim: int, size: int = 24, seed: int = 1) -> dict[str, dict[str, np.nda
 
 def _one_step(cfg, mesh, batch, dim, bank=None):
     """Init on `mesh`, run one jitted step; (metrics, params before, params after, shardings,
-    Adam's first moment after the step = (1 - b1) x the clipped gradient) on the host.
+    Adam's first moment after the step = (1 - b1) x the clipped gradient, the carried memory
+    after the step) on the host.
     Parameters are created in the model's compute dtype when that is float64 (x64 checks)."""
     make_model = functools.partial(factory.build_model, cfg, dim, cfg.seed)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     tx, schedule = factory.build_optimizer(cfg.optim, 10, factory.decay_mask(abstract_params))
-    state_sh = factory.train_state_shardings(tx, abstract_params, mesh)
     wide = cfg.model.dtype == "float64"
+    state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init():
-        params = nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
+        model = make_model()
         if wide:
-            params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
-        return {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+            nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float64), nnx.state(model, nnx.Param)))
+        return factory.init_train_state(model, tx, cfg.data.batch_size)
 
     widen = lambda t: jax.tree.map(lambda v: v.astype(np.float64) if v.dtype == np.float32 else v, t)  # noqa: E731
     if wide:
@@ -100,7 +107,8 @@ def _one_step(cfg, mesh, batch, dim, bank=None):
     before = jax.device_get(state["params"])
     state, metrics = step(state, sharding.global_batch(batch, mesh), bank)
     mu = optax.tree_utils.tree_get(state["opt"], "mu")
-    return jax.device_get(metrics), before, jax.device_get(state["params"]), state_sh, jax.device_get(mu)
+    return (jax.device_get(metrics), before, jax.device_get(state["params"]), state_sh, jax.device_get(mu),
+            jax.device_get(state["memory"]))
 
 
 def test_sharded_step_matches_single_device():
@@ -123,8 +131,8 @@ def test_sharded_step_matches_single_device():
     with jax.enable_x64(True):
         one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
         eight = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
-        m1, _, p1, _, mu1 = _one_step(cfg, one, batch, dim, bank)
-        m8, before, p8, sh8, mu8 = _one_step(cfg, eight, batch, dim, bank)
+        m1, _, p1, _, mu1, mem1 = _one_step(cfg, one, batch, dim, bank)
+        m8, before, p8, sh8, mu8, mem8 = _one_step(cfg, eight, batch, dim, bank)
     assert m1["loss/window_bank"] > 0 and m1["loss/page_bank"] > 0  # the bank terms take part
     assert p1["window_head"]["proj"]["kernel"].dtype == np.float64 and m1["loss"].dtype == np.float64
     # The 8-device layout really is sharded: some weights are split over fsdp and tensor.
@@ -143,21 +151,66 @@ def test_sharded_step_matches_single_device():
     # key biases, by the softmax's shift invariance) rounding noise |g| ~ 1e-17 moves a parameter
     # by lr |g| / eps ~ 1e-12, differently per layout. A bug moves it by ~lr = 1e-3.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-9), p8, p1)
+    # The streams' carried memory (rows sharded over data x fsdp) is the same computation.
+    assert sh8["memory"].spec[0] == ("data", "fsdp") and mem8.shape[:2] == (4, 16)
+    np.testing.assert_allclose(mem8, mem1, rtol=0, atol=1e-10)
     # The feature-centring running means are set by the step, not by the gradient.
     assert np.abs(p1["step_center"]["mean"]).max() > 0
 
 
-def test_nonfinite_step_is_skipped():
+@pytest.fixture(scope="module")
+def small_step():
+    """One compiled train step of `_cfg()` on one device, shared by the tests that run it."""
     cfg, dim = _cfg(), 16
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
+    make_model = functools.partial(factory.build_model, cfg, dim, cfg.seed)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    tx, schedule = factory.build_optimizer(cfg.optim, 10, factory.decay_mask(abstract_params))
+    step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh))
+    return cfg, dim, graphdef, step, lambda: factory.init_train_state(make_model(), tx, cfg.data.batch_size)
+
+
+@pytest.mark.xdist_group("small_step")  # one compile of the shared step
+def test_step_carries_each_rows_memory_and_resets_new_documents(small_step):
+    """The memory a row ends step t with is the memory it starts step t + 1 with, unless its
+    chunk begins a new document (`reset`): then it starts from `memory_init`."""
+    cfg, dim, graphdef, step, init = small_step
+    first, second = _batch(cfg, dim, seed=1), _batch(cfg, dim, seed=2)  # second: row 1 goes on
+    state, _ = step(init(), first)
+    carried = np.asarray(state["memory"])
+    after, _ = step(state, second)
+
+    @jax.jit
+    def memory_after(params, memory, reset):
+        out = nnx.merge(graphdef, params)(*(second[k] for k in ("patches", "step_mask", "page_ids", "window_box")),
+                                          max_pages=2, memory=memory, reset=reset)
+        return out["memory"]
+
+    go_on = np.asarray(memory_after(state["params"], carried, np.zeros(4, bool)))
+    fresh = np.asarray(memory_after(state["params"], carried, np.ones(4, bool)))
+    got = np.asarray(after["memory"])
+    np.testing.assert_allclose(got[1], go_on[1], atol=1e-5)
+    np.testing.assert_allclose(got[[0, 2, 3]], fresh[[0, 2, 3]], atol=1e-5)
+    assert np.abs(go_on[1] - fresh[1]).max() > 1e-3  # the carry matters
+
+
+@pytest.mark.xdist_group("small_step")  # one compile of the shared step
+def test_nonfinite_step_is_skipped(small_step):
+    cfg, dim, _, step, init = small_step
     batch = _batch(cfg, dim)
+    state, _ = step(init(), _batch(cfg, dim, seed=5))  # a carried memory that must survive too
     batch["window_emb"][0, 0, 0] = np.nan
     batch["window_mask"][0, 0] = True
-    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
-    metrics, before, after, *_ = _one_step(cfg, mesh, batch, dim)
+    before = jax.device_get(state)
+    after, metrics = step(state, batch)
     assert metrics["finite"] == 0.0 and not np.isfinite(metrics["loss"])
-    jax.tree.map(np.testing.assert_array_equal, after, before)
+    after = jax.device_get(after)
+    assert int(after["step"]) == int(before["step"]) + 1
+    jax.tree.map(np.testing.assert_array_equal, {k: after[k] for k in ("params", "opt", "memory")},
+                 {k: before[k] for k in ("params", "opt", "memory")})
 
 
+@subprocess_group
 def test_bad_config_fails_before_compiling(synth_corpus, tmp_path):
     r = tu.run(tu.train_cmd(synth_corpus, tmp_path / "w", 2, "--config.data.batch_size=0"))
     assert r.returncode != 0
@@ -186,6 +239,7 @@ def _poison(src, dst):
     return dst
 
 
+@subprocess_group
 def test_nan_guard_stops_after_k_in_a_row(synth_corpus, tmp_path, jax_cache):
     bad = _poison(synth_corpus, tmp_path / "bad")
     wd = tmp_path / "w"
@@ -198,6 +252,7 @@ def test_nan_guard_stops_after_k_in_a_row(synth_corpus, tmp_path, jax_cache):
         assert all(np.isfinite(v).all() for v in tu.load_params(wd, step).values())
 
 
+@subprocess_group
 def test_two_processes_train_checkpoint_and_resume(synth_corpus, tmp_path, jax_cache):
     """launch/local.sh: 2 processes x 2 CPU devices (gloo), each reading its own shard."""
     wd = tmp_path / "w"
@@ -220,6 +275,7 @@ def test_two_processes_train_checkpoint_and_resume(synth_corpus, tmp_path, jax_c
     assert tu.checkpoint_steps(wd) == [3, 5]
 
 
+@subprocess_group
 def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
     args = ("--config.train.ckpt_every=2",)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -234,11 +290,19 @@ def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
     r = tu.run(tu.train_cmd(synth_corpus, crashed, 6, *args), cache=jax_cache)
     assert r.returncode == 0 and "resumed from step" in r.stderr
     a, b = tu.load_params(straight, 6), tu.load_params(crashed, 6)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and "['memory']" in a  # parameters and the carried TTM memory
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # The resume point fell inside a document: some row's next chunk continues it, so the
+    # memory restored from step 4 was carried on, not reset.
+    data = demo.get_config("quick").data  # as tu.FAST trains
+    data.dir, data.max_steps, data.max_pages = str(synth_corpus), 4, 2
+    it = pipeline.make_train_iterator(data, seed=0, local_batch_size=2, process_index=0, process_count=1)
+    it.set_state(tu.data_state(crashed, 4))
+    assert not next(it)["reset"].all()
 
 
+@subprocess_group
 def test_sigterm_saves_current_step_and_exits_zero(synth_corpus, tmp_path, jax_cache):
     wd = tmp_path / "w"
     proc = subprocess.Popen(tu.train_cmd(synth_corpus, wd, 1000, "--config.train.ckpt_every=1000"), cwd=tu.ROOT,
@@ -264,7 +328,11 @@ def test_grad_accumulation_averages_microbatch_losses():
     half_cfg.data.batch_size = 2
     for c in (cfg, half_cfg):  # the automatic init would follow the batch size
         c.loss.bias_init, c.loss.bias_init_auto = -3.0, False
-    losses = [_one_step(half_cfg, mesh, h, dim)[0]["loss"] for h in halves]
+    make_model = functools.partial(factory.build_model, half_cfg, dim, half_cfg.seed)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    tx, schedule = factory.build_optimizer(half_cfg.optim, 10, factory.decay_mask(abstract_params))
+    half_step = jax.jit(train.make_train_step(graphdef, tx, schedule, half_cfg, mesh))  # compiled once, run twice
+    losses = [float(half_step(factory.init_train_state(make_model(), tx, 2), h)[1]["loss"]) for h in halves]
     cfg.optim.grad_accum = 2
     metrics, before, after, *_ = _one_step(cfg, mesh, batch, dim)
     np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)

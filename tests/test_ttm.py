@@ -103,11 +103,38 @@ def test_each_unit_runs_and_trains_memory_init(process):
                              else grads.blocks[0].norm.scale[...])).max() > 0
 
 
-def test_bfloat16_compute_keeps_fp32_params():
+def test_bfloat16_compute_keeps_fp32_params_and_memory():
     model = _model(dtype=jnp.bfloat16)
     out, mem = model(_inputs(1, 2), jnp.ones((1, 2), bool))
-    assert out.dtype == mem.dtype == jnp.bfloat16
-    assert model.memory_init[...].dtype == jnp.float32
+    assert out.dtype == jnp.bfloat16
+    assert mem.dtype == model.memory_init[...].dtype == jnp.float32  # the carry does not round to bf16
+    out2, mem2 = model(_inputs(1, 2, seed=2), jnp.ones((1, 2), bool), mem, jnp.zeros((1,), bool))
+    assert out2.dtype == jnp.bfloat16 and mem2.dtype == jnp.float32
+
+
+def test_carried_memory_continues_the_document():
+    """Reading a document in two chunks with the memory carried between them is reading it in
+    one: outputs of the second chunk and the final memory equal those of one 8-step scan."""
+    model = _model()
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda x, m, mem, reset: nnx.merge(graphdef, state)(x, m, mem, reset))
+    x = _inputs(3, 8)
+    whole_out, whole_mem = _forward(model)(x, jnp.ones((3, 8), bool))
+    out1, mem1 = _forward(model)(x[:, :5], jnp.ones((3, 5), bool))
+    out2, mem2 = fwd(x[:, 5:], jnp.ones((3, 3), bool), mem1, jnp.zeros((3,), bool))
+    np.testing.assert_allclose(out1, whole_out[:, :5], atol=1e-6)
+    np.testing.assert_allclose(out2, whole_out[:, 5:], atol=1e-6)
+    np.testing.assert_allclose(mem2, whole_mem, atol=1e-6)
+    # A row flagged `reset` begins a new document: memory_init, whatever was carried in.
+    fresh_out, fresh_mem = _forward(model)(x[:, 5:], jnp.ones((3, 3), bool))
+    out3, mem3 = fwd(x[:, 5:], jnp.ones((3, 3), bool), mem1, jnp.array([True, False, True]))
+    for row, reset in enumerate((True, False, True)):
+        want_out, want_mem = (fresh_out, fresh_mem) if reset else (out2, mem2)
+        np.testing.assert_array_equal(out3[row], want_out[row])
+        np.testing.assert_array_equal(mem3[row], want_mem[row])
+    # The carried memory must be the rows' own: a wrong shape is refused.
+    with pytest.raises(ValueError, match="ttm memory"):
+        model(x[:, 5:], jnp.ones((3, 3), bool), mem1[:2], jnp.zeros((2,), bool))
 
 
 def test_parameters_carry_logical_axis_names():

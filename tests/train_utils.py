@@ -66,10 +66,18 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 
 def load_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
-    """The saved parameters of `step`, flattened to {path: array}, read without a target."""
+    """The saved parameters of `step` and, with the TTM, the streams' carried memory, flattened
+    to {path: array}, read without a target."""
     import jax
     import orbax.checkpoint as ocp
 
     tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree["params"])
+    flat, _ = jax.tree_util.tree_flatten_with_path({k: tree[k] for k in ("params", "memory") if k in tree})
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def data_state(workdir: Path, step: int) -> dict:
+    """The grain iterator state saved with `step` (process 0)."""
+    import json
+
+    return json.loads((workdir / "checkpoints" / str(step) / "data" / "process_0-of-1.json").read_text())

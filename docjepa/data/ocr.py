@@ -3,7 +3,7 @@
 Every producer of training text (PDF text layers, Tesseract, the synthetic generator)
 emits the same `Document`, serialised as versioned JSON (docs/ocr_schema.md). Coordinates
 are always pixels of the page image that travels with the document, origin top-left.
-The schema and its two readers stay in one file (just over 500 lines): the readers' output is
+The schema and its two readers stay in one file (about 600 lines): the readers' output is
 checked against the schema's own invariants, and splitting them would put both halves of that
 contract in different places.
 """
@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import re
+import shutil
+import subprocess
 import unicodedata
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,6 @@ LAYOUT_CLASSES = ("title", "heading", "paragraph", "list", "table", "figure", "c
 _BOX_SLACK = 1.0
 
 Box = tuple[float, float, float, float]
-log = logging.getLogger(__name__)
 
 
 class OcrSchemaError(ValueError):
@@ -77,26 +78,20 @@ class Document:
     pages: list[Page]
     category: str | None = None
     schema_version: int = SCHEMA_VERSION
+    # Pages in the source file before `max_pages` cut it (None: not cut, or unknown). Not part of
+    # the schema: it lets prepare report truncation in its summary instead of logging per document.
+    source_pages: int | None = field(default=None, compare=False)
 
     def to_json(self) -> str:
         """Compact JSON; words are stored column-wise, which is about 3x smaller than one object per word."""
-        pages = []
-        for p in self.pages:
-            pages.append({
-                "width": p.width, "height": p.height, "dpi": p.dpi,
-                "words": {
-                    "text": [w.text for w in p.words],
-                    "box": [list(w.box) for w in p.words],
-                    "conf": [w.conf for w in p.words],
-                    "block": [w.block for w in p.words],
-                    "line": [w.line for w in p.words],
-                    "order": [w.order for w in p.words],
-                },
-                "layout": [{"cls": e.cls, "box": list(e.box)} for e in p.layout],
-            })
         obj = {"schema_version": self.schema_version, "doc_id": self.doc_id, "source": self.source,
-               "category": self.category, "pages": pages}
+               "category": self.category, "pages": [_page_obj(p) for p in self.pages]}
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+    def check(self) -> None:
+        """Raise OcrSchemaError unless this document reads back as written (prepare runs it
+        before storing a record, so no reader ever meets a record that fails the schema)."""
+        _parse_document(json.loads(self.to_json()))
 
     @classmethod
     def from_json(cls, s: str | bytes) -> Document:
@@ -129,6 +124,27 @@ class Document:
     def page_text(self, i: int) -> str:
         """All words of page i in reading order, space-joined (the page's alignment target)."""
         return " ".join(w.text for w in sorted(self.pages[i].words, key=lambda w: w.order))
+
+
+def _page_obj(p: Page) -> dict[str, Any]:
+    return {
+        "width": p.width, "height": p.height, "dpi": p.dpi,
+        "words": {
+            "text": [w.text for w in p.words],
+            "box": [list(w.box) for w in p.words],
+            "conf": [w.conf for w in p.words],
+            "block": [w.block for w in p.words],
+            "line": [w.line for w in p.words],
+            "order": [w.order for w in p.words],
+        },
+        "layout": [{"cls": e.cls, "box": list(e.box)} for e in p.layout],
+    }
+
+
+def check_page(page: Page, path: str = "") -> None:
+    """Raise OcrSchemaError (message starting with `path`) unless `page` reads back as written,
+    e.g. when a word box lies outside the page: lets prepare drop one bad page, not the document."""
+    _parse_page(json.loads(json.dumps(_page_obj(page))), path)
 
 
 def _scale_box(box: Box, f: float) -> Box:
@@ -237,12 +253,41 @@ def _parse_page(obj: Any, path: str) -> Page:
 # ----------------------------------------------------------------------------- Tesseract
 
 
-def tesseract_words(image: np.ndarray, lang: str = "eng") -> list[Word]:
-    """Words of an RGB/gray page image via Tesseract's TSV output, in Tesseract's reading order."""
+def tesseract_problem(lang: str = "eng") -> str | None:
+    """Why Tesseract cannot OCR `lang` here (engine or language data missing), as one line
+    saying what to install; None when it can. Checked once before a run that may need OCR,
+    instead of failing on every page."""
     import pytesseract
 
+    cmd = pytesseract.pytesseract.tesseract_cmd
+    if shutil.which(cmd) is None:
+        return (f"the Tesseract OCR engine ({cmd!r}) is not installed or not on PATH: install it "
+                "(Debian/Ubuntu: apt-get install tesseract-ocr; macOS: brew install tesseract)")
+    try:  # not pytesseract.get_languages: it caches its first answer for the whole process
+        out = subprocess.run([cmd, "--list-langs"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"the Tesseract OCR engine ({cmd!r}) does not run ({e}): reinstall tesseract-ocr"
+    have = {ln.strip() for ln in (out.stdout + out.stderr).splitlines()[1:]}
+    missing = [code for code in lang.split("+") if code not in have]
+    if missing:
+        return (f"Tesseract has no language data for {'+'.join(missing)} (config.prepare.ocr_lang={lang!r}): "
+                f"install {' '.join('tesseract-ocr-' + m for m in missing)}")
+    return None
+
+
+def tesseract_words(image: np.ndarray, lang: str | None = "eng") -> list[Word]:
+    """Words of an RGB/gray page image via Tesseract's TSV output, in Tesseract's reading order.
+
+    `lang=None` means OCR is unavailable (see tesseract_problem): BadDocument("no_ocr_engine").
+    """
+    import pytesseract
+
+    if lang is None:
+        raise BadDocument("no_ocr_engine", "needs OCR, and Tesseract is not available")
     try:
         data = pytesseract.image_to_data(np.ascontiguousarray(image), lang=lang, output_type=pytesseract.Output.DICT)
+    except pytesseract.TesseractNotFoundError:
+        raise BadDocument("no_ocr_engine", "needs OCR, and Tesseract is not installed") from None
     except pytesseract.TesseractError as e:
         raise BadDocument("unreadable_image", f"tesseract failed: {e}") from None
     h, w = image.shape[:2]
@@ -265,32 +310,76 @@ def tesseract_words(image: np.ndarray, lang: str = "eng") -> list[Word]:
 # ----------------------------------------------------------------------------- PDF
 
 
-def _pdf_words(page: Any, scale: float) -> list[Word]:
-    """Group the text layer's characters into words (split at whitespace), lines and blocks.
+def _page_to_pixels(page: Any, width: int, height: int) -> Callable[[float, float], tuple[float, float]]:
+    """The map from PDF user space to pixels of the page as PDFium rendered it into a
+    width x height bitmap.
 
-    PDFium emits characters in content order (our reading order) and inserts generated CR/LF
-    between the lines it detects; a baseline jump of more than half the font size also starts
-    a new line, and a gap of more than one line height below the previous line a new block.
+    It is read off PDFium's own device matrix (FPDF_DeviceToPage at three corners) rather than
+    rebuilt from the page's boxes: pypdfium2's get_cropbox() only sees boxes on the page object
+    itself and answers US letter when /MediaBox is inherited from the /Pages node (XeTeX and
+    dvipdfmx write it there), while rendering honours inheritance, CropBox, /Rotate and the box
+    origin. PDFium ignores /UserUnit in both rendering and text, so they agree there as well.
     """
     import ctypes
 
     import pypdfium2.raw as pdfium_c
 
-    l, b, r, t = page.get_cropbox()
-    rot = page.get_rotation() % 360
-    w0, h0 = (r - l) * scale, (t - b) * scale
-    pw, ph = (h0, w0) if rot in (90, 270) else (w0, h0)
+    px, py = ctypes.c_double(), ctypes.c_double()
+    corners = []
+    for dx, dy in ((0, 0), (width, 0), (0, height)):
+        if not pdfium_c.FPDF_DeviceToPage(page, 0, 0, width, height, 0, dx, dy, px, py):
+            raise BadDocument("truncated_pdf", "PDFium has no device matrix for the page")
+        corners.append((px.value, py.value))
+    (x0, y0), (x1, y1), (x2, y2) = corners
+    # page = origin + A @ (u, v); invert A once.
+    a, b, c, d = (x1 - x0) / width, (x2 - x0) / height, (y1 - y0) / width, (y2 - y0) / height
+    det = a * d - b * c
+    if not math.isfinite(det) or abs(det) < 1e-12:
+        raise BadDocument("truncated_pdf", "degenerate page geometry")
 
     def to_px(x: float, y: float) -> tuple[float, float]:
-        u, v = (x - l) * scale, (t - y) * scale
-        return {0: (u, v), 90: (h0 - v, u), 180: (w0 - u, h0 - v), 270: (v, w0 - u)}[rot]
+        dx, dy = x - x0, y - y0
+        return (d * dx - b * dy) / det, (a * dy - c * dx) / det
+
+    return to_px
+
+
+# Scripts written without spaces between words: each character becomes its own word, so that a
+# line of Chinese or Japanese is not one "word" as wide as the page, assigned whole to one window.
+_UNSPACED = ((0x2E80, 0x2FDF), (0x3000, 0x30FF), (0x3100, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+             (0xF900, 0xFAFF), (0xFE30, 0xFE4F), (0xFF00, 0xFFEF), (0x20000, 0x323AF))
+
+
+def _unspaced(ch: str) -> bool:
+    """CJK ideographs, kana, CJK punctuation and full-width forms (not Hangul, which has spaces)."""
+    c = ord(ch)
+    return any(lo <= c <= hi for lo, hi in _UNSPACED)
+
+
+def _pdf_words(page: Any, width: int, height: int) -> list[Word]:
+    """Group the text layer's characters into words (split at whitespace), lines and blocks,
+    with boxes in the pixels of the page rendered as a width x height image.
+
+    PDFium emits characters in content order (our reading order) and inserts generated CR/LF
+    between the lines it detects; a baseline jump of more than half the font size also starts
+    a new line, and a gap of more than one line height below the previous line a new block.
+    Lines and blocks are found in PDF user space (y up), where text runs horizontally even on a
+    page with /Rotate 90; only the word boxes are mapped to pixels. Characters of scripts
+    without spaces (`_unspaced`) are words of their own.
+    """
+    import ctypes
+
+    import pypdfium2.raw as pdfium_c
+
+    to_px = _page_to_pixels(page, width, height)
+    pw, ph = float(width), float(height)
 
     words: list[Word] = []
     chars: list[str] = []
-    box: list[float] = []  # the current word's box
+    box: list[float] = []  # the current word's box (pixels)
     line = block = 0
-    base: float | None = None  # baseline of the current line (pixels); None before its first char
-    line_box: list[float] = []  # top, bottom of the current line
+    base: float | None = None  # baseline of the current line (user space); None before its first char
+    line_box: list[float] = []  # top, bottom of the current line (user space, top > bottom)
     prev_bottom: float | None = None
     ox, oy = ctypes.c_double(), ctypes.c_double()
 
@@ -322,22 +411,29 @@ def _pdf_words(page: Any, scale: float) -> list[Word]:
             elif ch.isspace() or unicodedata.category(ch) in ("Cc", "Cn", "Cs"):
                 flush()
                 continue
-            x0, y0, x1, y1 = tp.get_charbox(i)
+            size = max(pdfium_c.FPDFText_GetFontSize(tp, i), 0.1)
+            x0, y0, x1, y1 = tp.get_charbox(i)  # left, bottom, right, top
+            if x1 - x0 < 0.01 * size or y1 - y0 < 0.01 * size:
+                # No glyph outline (a font this PDFium lacks draws nothing): the font's own box
+                # (ascent to descent, the advance wide) still says where the character belongs.
+                x0, y0, x1, y1 = tp.get_charbox(i, loose=True)
             (ax, ay), (bx, by) = to_px(x0, y0), to_px(x1, y1)
             cb = (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
             pdfium_c.FPDFText_GetCharOrigin(tp, i, ox, oy)
-            baseline = to_px(ox.value, oy.value)[1]
-            size = max(pdfium_c.FPDFText_GetFontSize(tp, i) * scale, 1.0)
-            if base is not None and abs(baseline - base) > 0.5 * size:
+            if base is not None and abs(oy.value - base) > 0.5 * size:
                 end_line()
             if base is None:
-                if prev_bottom is not None and cb[1] - prev_bottom > size:
+                if prev_bottom is not None and prev_bottom - y1 > size:
                     block += 1
-                base = baseline
-                line_box[:] = [cb[1], cb[3]]
-            line_box[:] = [min(line_box[0], cb[1]), max(line_box[1], cb[3])]
+                base = oy.value
+                line_box[:] = [y1, y0]
+            line_box[:] = [max(line_box[0], y1), min(line_box[1], y0)]
+            if _unspaced(ch):
+                flush()
             chars.append(ch)
             box[:] = [min(box[0], cb[0]), min(box[1], cb[1]), max(box[2], cb[2]), max(box[3], cb[3])] if box else list(cb)
+            if _unspaced(ch):
+                flush()
         flush()
         return words
     finally:
@@ -352,9 +448,7 @@ def _check_pixels(width: float, height: float, max_pixels: int, where: str) -> N
 def _require_pages(n: int, max_pages: int, path: Path) -> int:
     if n == 0:
         raise BadDocument("no_pages", str(path))
-    if n > max_pages:
-        log.warning("%s: %d pages, keeping the first %d (max_pages)", path, n, max_pages)
-    return min(n, max_pages)
+    return min(n, max_pages)  # the caller records the cut in Document.source_pages
 
 
 def _require_text(doc: Document, path: Path) -> None:
@@ -377,8 +471,11 @@ def _pdf_load_failure(data: bytes) -> str:
 
 
 def read_pdf(path: str | Path, *, dpi: float, max_pages: int, max_pixels: int,
-             lang: str = "eng") -> tuple[Document, list[np.ndarray]]:
-    """Render a PDF at `dpi`; words from its text layer, or Tesseract for pages without one."""
+             lang: str | None = "eng") -> tuple[Document, list[np.ndarray]]:
+    """Render a PDF at `dpi`; words from its text layer, or Tesseract for pages without one.
+
+    `lang=None` (no OCR engine): pages without a text layer keep no words.
+    """
     import pypdfium2 as pdfium
 
     path = Path(path)
@@ -401,18 +498,21 @@ def read_pdf(path: str | Path, *, dpi: float, max_pages: int, max_pixels: int,
             try:
                 img = page.render(scale=scale, rev_byteorder=True).to_numpy()
                 img = np.ascontiguousarray(img[..., :3]) if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
-                words = _pdf_words(page, scale)
+                words = _pdf_words(page, img.shape[1], img.shape[0])
             except pdfium.PdfiumError as e:
                 raise BadDocument("truncated_pdf", f"{path} page {i}: {e}") from None
             finally:
                 page.close()
-            if not words:
+            if not words and lang is not None:
                 words = tesseract_words(img, lang)
             pages.append(Page(width=img.shape[1], height=img.shape[0], dpi=float(dpi), words=words))
             images.append(img)
+        total = len(pdf)
     finally:
         pdf.close()
-    doc = Document(doc_id=path.stem, source=str(path), pages=pages)
+    doc = Document(doc_id=path.stem, source=str(path), pages=pages, source_pages=total)
+    if lang is None and not any(p.words for p in pages):  # maybe a scan: without OCR, no telling
+        raise BadDocument("no_ocr_engine", f"{path}: no page has a text layer, and Tesseract is not available")
     _require_text(doc, path)
     return doc, images
 
@@ -421,10 +521,12 @@ def read_pdf(path: str | Path, *, dpi: float, max_pages: int, max_pixels: int,
 
 
 def read_image(path: str | Path, *, max_pages: int, max_pixels: int,
-               lang: str = "eng") -> tuple[Document, list[np.ndarray]]:
+               lang: str | None = "eng") -> tuple[Document, list[np.ndarray]]:
     """A scanned page (PNG/JPEG/...) or a multi-page TIFF, OCRed with Tesseract."""
     from PIL import Image, ImageOps
 
+    if lang is None:  # before decoding anything: without OCR an image yields no words
+        raise BadDocument("no_ocr_engine", f"{path}: an image needs OCR, and Tesseract is not available")
     # Pillow's own decompression-bomb guard stays on as a backstop; it must not reject what
     # the caller's cap allows.
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
@@ -432,8 +534,11 @@ def read_image(path: str | Path, *, max_pages: int, max_pixels: int,
     path = Path(path)
     _read_head(path, 0)
     try:
-        with Image.open(path) as im:
-            n = _require_pages(getattr(im, "n_frames", 1), max_pages, path)
+        with warnings.catch_warnings(), Image.open(path) as im:
+            # Pillow warns (on stderr) past MAX_IMAGE_PIXELS; _check_pixels below decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            total = getattr(im, "n_frames", 1)
+            n = _require_pages(total, max_pages, path)
             for i in range(n):  # header sizes only: no pixels are decoded yet
                 im.seek(i)
                 _check_pixels(im.width, im.height, max_pixels, f"{path} frame {i}")
@@ -449,7 +554,7 @@ def read_image(path: str | Path, *, max_pages: int, max_pixels: int,
         raise BadDocument("too_many_pixels", f"{path}: {e}") from None
     except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for unknown/broken files
         raise BadDocument("unreadable_image", f"{path}: {e}") from None
-    doc = Document(doc_id=path.stem, source=str(path), pages=pages)
+    doc = Document(doc_id=path.stem, source=str(path), pages=pages, source_pages=total)
     _require_text(doc, path)
     return doc, images
 
@@ -492,8 +597,11 @@ SUFFIXES = tuple(sorted(_SUFFIX))
 
 
 def read_document(path: str | Path, *, dpi: float = 100, max_pages: int = 32, max_pixels: int = 40_000_000,
-                  lang: str = "eng") -> tuple[Document, list[np.ndarray]]:
-    """Read any supported file (by magic bytes, then suffix); BadDocument on anything unreadable."""
+                  lang: str | None = "eng") -> tuple[Document, list[np.ndarray]]:
+    """Read any supported file (by magic bytes, then suffix); BadDocument on anything unreadable.
+
+    `lang=None` reads without OCR (Tesseract missing): images are refused as no_ocr_engine.
+    """
     path = Path(path)
     head = _read_head(path, 1024)
     kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)

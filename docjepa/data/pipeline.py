@@ -1,24 +1,29 @@
-"""Records -> training batches with grain: shuffle, shard per host, decode, chunk, augment, batch.
+"""Records -> training batches with grain: document streams, shard per host, decode, augment.
 
 A record holds a whole document; an example is one chunk of it (at most `max_steps` windows
-and `max_pages` pages, cut in reading order). The graph is
+and `max_pages` pages, cut in reading order). Row r of every batch is a *stream*: it walks
+one document chunk after chunk, step after step, and takes the next document when its
+document ends, so the model's memory can be carried from a row's step t to its step t+1
+(`reset` marks a row whose chunk begins a document, `doc_end` one whose chunk ends it). The
+graph is
 
-    range(n)[process::count] -> shuffle(seed) -> repeat -> load+plan (MapDataset, per index)
-      -> to_iter_dataset -> flat_map(chunks) -> pixels+augment -> batch -> mp_prefetch
+    range(n)[process::count] -> shuffle(seed) -> repeat -> load (MapDataset, random access)
+      -> DocStreams(rows): next chunk per row -> pixels+augment -> stacked batch
 
-so every random choice is a function of (seed, epoch, index) and the iterator state is a
-few integers: `it.get_state()` / `it.set_state()` resume exactly, and grain's orbax handler
+so every random choice is a function of (seed, epoch, index, chunk) and the iterator state is
+a few integers (the next document and each row's document and chunk): `it.get_state()` /
+`it.set_state()` resume exactly, and grain's orbax handler
 (`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`) stores it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from absl import flags
 import cv2
 import grain
 import ml_collections as mlc
@@ -149,25 +154,44 @@ class _Spec:
             "window_emb": np.zeros((s, d), np.float32),
             "window_mask": np.zeros((s,), bool),
             "window_text_id": np.full((s,), -1, np.int32),
+            "page_end": np.zeros((s,), bool),              # the window is its page's last
             "page_emb": np.zeros((p, d), np.float32),
             "page_index": np.full((p,), -1, np.int32),     # the record page of each page slot
             "page_mask": np.zeros((p,), bool),
             "page_text_id": np.full((p,), -1, np.int32),
+            "doc_emb": np.zeros((d,), np.float32),         # the whole document's target
+            "doc_mask": np.bool_(False),                   # the document ends here and has a target
+            "reset": np.bool_(True),                       # start from memory_init (a new document)
+            "doc_end": np.bool_(False),                    # the document's last window is in this chunk
+            "doc_pages": np.int32(0),                      # pages in the whole document
             "category_id": np.int32(-1),
             "record_index": np.int32(-1),
             "chunk_index": np.int32(-1),
             "example_mask": np.bool_(False),
         }
 
+    def doc_target(self, doc: dict[str, Any]) -> tuple[np.ndarray, bool]:
+        """The document's target: the mean of its (centred, unit-norm) page targets over the
+        pages with at least `min_words` words, and whether it has any such page."""
+        emb = doc["page_emb"] - self.mean["page"]
+        valid = doc["page_nwords"] >= self.min_words
+        if not valid.any():
+            return np.zeros(self.dim, np.float32), False
+        unit = emb[valid] / np.maximum(np.linalg.norm(emb[valid], axis=-1, keepdims=True), 1e-6)
+        return unit.mean(axis=0).astype(np.float32), True
+
     def chunks(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
         """One light element per chunk: window range plus the PNGs of its pages."""
         windows = doc["windows"]
+        plan = plan_chunks(windows[:, 0], self.max_steps, self.max_pages)
+        target = self.doc_target(doc)
         out = []
-        for k, (s, e) in enumerate(plan_chunks(windows[:, 0], self.max_steps, self.max_pages)):
+        for k, (s, e) in enumerate(plan):
             first, last = int(windows[s, 0]), int(windows[e - 1, 0])
             out.append({
                 "doc": doc, "start": s, "end": e, "first_page": first,
                 "pngs": doc["pages_png"][first : last + 1], "chunk_index": k,
+                "last": k == len(plan) - 1, "target": target,
             })
         return out
 
@@ -194,12 +218,18 @@ class _Spec:
         ex["window_emb"][:n] = doc["window_emb"][s:e] - self.mean["window"]
         ex["window_mask"][:n] = doc["window_nwords"][s:e] >= self.min_words
         ex["window_text_id"][:n] = doc["window_text_id"][s:e]
+        ex["page_end"][:n] = doc["windows"][s:e, 0] != np.r_[doc["windows"][s + 1 : e + 1, 0], -1][: n]
         pages = slice(first, first + len(chunk["pngs"]))
         m = len(chunk["pngs"])
         ex["page_emb"][:m] = doc["page_emb"][pages] - self.mean["page"]
         ex["page_index"][:m] = first + np.arange(m)
         ex["page_mask"][:m] = doc["page_nwords"][pages] >= self.min_words
         ex["page_text_id"][:m] = doc["page_text_id"][pages]
+        ex["reset"] = np.bool_(chunk["chunk_index"] == 0)
+        ex["doc_end"] = np.bool_(chunk["last"])
+        ex["doc_emb"][:], has_target = chunk["target"]
+        ex["doc_mask"] = np.bool_(chunk["last"] and has_target)
+        ex["doc_pages"] = np.int32(len(doc["pages_png"]))
         ex["category_id"] = np.int32(doc["category_id"])
         ex["record_index"] = np.int32(doc["record_index"])
         ex["chunk_index"] = np.int32(chunk["chunk_index"])
@@ -210,37 +240,97 @@ class _Spec:
 class _Load(grain.transforms.RandomMap):
     """Record index -> decoded document plus a per-(epoch, index) augmentation seed."""
 
-    def __init__(self, source: grain.sources.ArrayRecordDataSource):
-        self._source = source
+    def __init__(self, source: grain.sources.ArrayRecordDataSource, fields: set[str] = _TRAIN_FIELDS):
+        self._source, self._fields = source, fields
 
     def random_map(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        doc = decode_record(self._source[index], _TRAIN_FIELDS)
+        doc = decode_record(self._source[index], self._fields)
         doc["record_index"] = index
         doc["aug_seed"] = int(rng.integers(2**31))
         return doc
 
 
-class _Chunk(grain.experimental.FlatMapTransform):
-    """Document -> its chunks (grain needs a bound on the fan-out; IterDataset ignores it)."""
+class DocStreams(grain.DatasetIterator):
+    """`rows` document streams over a random-access dataset of documents, one batch per step.
 
-    max_fan_out = 1 << 16
+    Each row emits its document's next chunk; when the document is done it takes the next
+    unread document (`reset` set on that example). A row with nothing left to read emits
+    padding (`example_mask` False); iteration stops when every row is padding. With `limit`,
+    no document starts once that many chunks have been emitted (evaluation on a budget).
+    `threads` build a batch's examples in parallel (decode, cut, augment); the output does
+    not depend on it.
+    """
 
-    def __init__(self, spec: _Spec):
-        self._spec = spec
+    def __init__(self, docs: grain.MapDataset, rows: int, spec: _Spec, *, augment: bool, threads: int = 0,
+                 limit: int | None = None, with_ocr: bool = False):
+        super().__init__()
+        self._docs, self._spec, self._augment = docs, spec, augment
+        self._limit, self._with_ocr = limit, with_ocr
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads else None
+        self._next, self._emitted = 0, 0
+        self._rows: list[tuple[int, int]] = [(-1, -1)] * rows  # (document position, chunk) last emitted
+        self._cache: dict[int, list[dict[str, Any]]] = {}
 
-    def flat_map(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._spec.chunks(doc)
+    def _chunks(self, pos: int) -> list[dict[str, Any]]:
+        if pos not in self._cache:
+            self._cache[pos] = self._spec.chunks(self._docs[pos])
+        return self._cache[pos]
 
+    def _advance(self, row: int) -> None:
+        pos, k = self._rows[row]
+        if pos >= 0 and k + 1 < len(self._chunks(pos)):
+            self._rows[row] = (pos, k + 1)
+            return
+        self._rows[row] = (-1, -1)
+        while self._next < len(self._docs) and (self._limit is None or self._emitted < self._limit):
+            pos, self._next = self._next, self._next + 1
+            if self._chunks(pos):  # a document without windows is skipped
+                self._rows[row] = (pos, 0)
+                return
 
-class _Example(grain.transforms.Map):
-    def __init__(self, spec: _Spec, augment_: bool):
-        self._spec, self._augment = spec, augment_
+    def _example(self, chunk: dict[str, Any] | None) -> dict[str, np.ndarray]:
+        if chunk is None:
+            ex = self._spec.empty()
+        else:
+            rng = (np.random.default_rng([chunk["doc"]["aug_seed"], chunk["chunk_index"]])
+                   if self._augment else None)
+            ex = self._spec.example(chunk, rng)
+        if self._with_ocr:
+            ex["ocr_json"] = np.array(b"" if chunk is None else chunk["doc"]["ocr_json"], object)
+        return ex
 
-    def map(self, chunk: dict[str, Any]) -> dict[str, np.ndarray]:
-        rng = None
-        if self._augment:
-            rng = np.random.default_rng([chunk["doc"]["aug_seed"], chunk["chunk_index"]])
-        return self._spec.example(chunk, rng)
+    def __next__(self) -> dict[str, np.ndarray]:
+        ids = []  # a running id per emitted chunk, -1 on padding
+        for row in range(len(self._rows)):
+            self._advance(row)
+            live = self._rows[row][0] >= 0
+            ids.append(self._emitted if live else -1)
+            self._emitted += live
+        rows = {pos for pos, _ in self._rows if pos >= 0}
+        for pos in set(self._cache) - rows:
+            del self._cache[pos]
+        if not rows:
+            raise StopIteration
+        chunks = [self._chunks(pos)[k] if pos >= 0 else None for pos, k in self._rows]
+        examples = list(self._pool.map(self._example, chunks) if self._pool else map(self._example, chunks))
+        for ex, i in zip(examples, ids):
+            ex["example_index"] = np.int32(i)
+        return _stack(examples)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next": self._next, "emitted": self._emitted, "rows": [list(r) for r in self._rows]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if len(state["rows"]) != len(self._rows):
+            raise DataError(f"data iterator state: {len(state['rows'])} rows, this run has {len(self._rows)} "
+                            "(the global batch size or the process count changed)")
+        self._next, self._emitted = int(state["next"]), int(state["emitted"])
+        self._rows = [(int(p), int(k)) for p, k in state["rows"]]
+        self._cache.clear()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _check_int(cfg: mlc.ConfigDict, name: str, minimum: int) -> int:
@@ -275,14 +365,15 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     num_epochs: int | None = None,
-) -> grain.DatasetIterator:
+) -> DocStreams:
     """This process's training batches (infinite unless `num_epochs`), checkpointable.
 
-    Documents are split across processes before shuffling, so hosts read disjoint records;
-    each epoch is reshuffled. Batches are `local_batch_size` examples, incomplete ones dropped.
+    Documents are split across processes before shuffling, so hosts read disjoint records and
+    each host's `local_batch_size` rows are its own streams (the global batch's rows are the
+    hosts' rows in process order, the same rows every step). Each epoch is reshuffled.
     """
     for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0),
-                          ("worker_count", 0), ("shuffle_buffer", 0), ("chunk_shuffle", 0)):
+                          ("worker_count", 0), ("shuffle_buffer", 0)):
         _check_int(data_cfg, name, minimum)
     if not isinstance(local_batch_size, int) or local_batch_size < 1:
         raise DataError(f"local_batch_size: must be an integer >= 1, got {local_batch_size!r}")
@@ -308,33 +399,12 @@ def make_train_iterator(
         ds = grain.experimental.WindowShuffleMapDataset(ds, window_size=data_cfg.shuffle_buffer, seed=seed)
     else:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).random_map(_Load(source), seed=seed)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-    it_ds = grain.experimental.FlatMapIterDataset(it_ds, _Chunk(spec))
-    if data_cfg.chunk_shuffle > 1:  # mix the chunks of several documents into each batch
-        it_ds = grain.experimental.WindowShuffleIterDataset(it_ds, window_size=data_cfg.chunk_shuffle, seed=seed)
-    it_ds = it_ds.map(_Example(spec, bool(data_cfg.augment)))
-    it_ds = it_ds.batch(local_batch_size, drop_remainder=True)
-    if data_cfg.worker_count:
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
-            flags.FLAGS.mark_as_parsed()  # (notebooks, pytest) their defaults are what we want
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.worker_count))
-    return iter(it_ds)
+    docs = ds.repeat(num_epochs).random_map(_Load(source), seed=seed)
+    return DocStreams(docs, local_batch_size, spec, augment=bool(data_cfg.augment), threads=data_cfg.worker_count)
 
 
 def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
-
-
-def _with_refs(ex: dict[str, np.ndarray], spec: _Spec, chunk: dict[str, Any] | None, index: int,
-               with_ocr: bool) -> dict[str, np.ndarray]:
-    """Add what evaluators read beside the example, so that they never reopen the record:
-    `example_index` (a running id, unique per record and chunk; -1 pads) and, with `with_ocr`,
-    the record's `ocr_json`."""
-    ex["example_index"] = np.int32(index)
-    if with_ocr:
-        ex["ocr_json"] = np.array(b"" if chunk is None else chunk["doc"]["ocr_json"], object)
-    return ex
 
 
 def eval_batches(
@@ -348,13 +418,14 @@ def eval_batches(
     center: bool,
     max_examples: int | None = None,
     with_ocr: bool = False,
-) -> Iterator[dict[str, np.ndarray]]:
-    """One deterministic pass over a split: records in order, chunks in order, no augmentation.
+) -> DocStreams:
+    """One deterministic pass over a split as `batch_size` document streams: records in order,
+    each read whole, chunk after chunk, in one row; no augmentation.
 
-    Each record is decoded once; its examples carry the references evaluators need
-    (`_with_refs`), with the OCR JSON only when `with_ocr` (layout labels). The last batch is
-    padded to `batch_size` with examples whose `example_mask` is False; `record_index` /
-    `chunk_index` link each example back to `load_record`.
+    Each record is decoded once; every example carries `example_index` (a running id per
+    chunk, -1 on padding) and, with `with_ocr`, the record's OCR JSON (layout labels). Rows with
+    nothing left to read are padding (`example_mask` False). With `max_examples`, no document
+    starts once that many chunks have been read, and the documents begun are read to the end.
     """
     cfg = mlc.ConfigDict({"max_steps": max_steps, "max_pages": max_pages, "min_words": min_words,
                           "batch_size": batch_size})
@@ -363,25 +434,8 @@ def eval_batches(
     source = _source(data_dir, split)
     spec = _spec(read_manifest(data_dir), data_dir, max_steps, max_pages, min_words, center)
     fields = _TRAIN_FIELDS | {"ocr_json"} if with_ocr else _TRAIN_FIELDS
-    limit = float("inf") if max_examples is None else max_examples
-    pending: list[dict[str, np.ndarray]] = []
-    count = 0
-    for index in range(len(source)):
-        doc = decode_record(source[index], fields)
-        doc["record_index"] = index
-        for chunk in spec.chunks(doc):
-            if count >= limit:
-                break
-            pending.append(_with_refs(spec.example(chunk, None), spec, chunk, count, with_ocr))
-            count += 1
-            if len(pending) == batch_size:
-                yield _stack(pending)
-                pending = []
-        if count >= limit:
-            break
-    if pending:
-        padding = [_with_refs(spec.empty(), spec, None, -1, with_ocr) for _ in range(batch_size - len(pending))]
-        yield _stack(pending + padding)
+    docs = grain.MapDataset.range(len(source)).random_map(_Load(source, fields), seed=0)
+    return DocStreams(docs, batch_size, spec, augment=False, limit=max_examples, with_ocr=with_ocr)
 
 
 def load_record(data_dir: str, split: str, record_index: int, *, pages: bool = True) -> dict[str, Any]:

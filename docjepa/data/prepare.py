@@ -6,6 +6,9 @@ split is cut into fixed shards of `shard_docs` items. CPU workers read/OCR/rende
 order; the main process embeds every text of a shard with the frozen encoder and writes the
 shard to a temporary file that is renamed when complete, next to a small JSON of its counts.
 A second run skips complete shards and rebuilds manifest.json and rejected.jsonl from them.
+
+Every record's OCR JSON is checked against the schema before it is written: a page that fails
+(e.g. a word box outside the page) is dropped and listed, never stored.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -32,7 +36,11 @@ from docjepa.data.record import encode_record
 from docjepa.validate import ConfigError, check as check_config
 
 MANIFEST_VERSION = 1
+# Bumped when the same config would write different records (2: PDF word boxes follow
+# PDFium's render matrix, pages are schema-checked): older shards are then not resumed into.
+SHARD_FORMAT = 2
 SPLITS = ("train", "val")
+log = logging.getLogger(__name__)
 
 
 class PrepareError(ValueError):
@@ -57,6 +65,12 @@ class Source:
     def items(self) -> list[Item]:
         raise NotImplementedError
 
+    def ocr_need(self) -> str:
+        """How many items may need OCR: "none", "some" (PDFs, whose pages may lack a text layer)
+        or "all" (images only). Decides whether a missing OCR engine is refused at start or only
+        warned about."""
+        return "none"
+
     def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
         raise NotImplementedError
 
@@ -77,26 +91,56 @@ class SynthSource(Source):
     def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
         from docjepa.data import synth
 
+        lo, hi = cfg["synth_long_pages"]
+        if np.random.default_rng([self.seed, item.locator, 1]).random() < cfg["synth_long"]:
+            category = synth.LONG_CATEGORIES[item.locator % len(synth.LONG_CATEGORIES)]
+            return synth.generate(item.locator, seed=self.seed, min_pages=min(lo, cfg["max_pages"]),
+                                  max_pages=min(hi, cfg["max_pages"]), category=category)
         return synth.generate(item.locator, seed=self.seed, max_pages=min(4, cfg["max_pages"]))
 
 
 class DirSource(Source):
-    """A directory (searched recursively) of PDFs and page images; sub-directories are categories."""
+    """A directory (searched recursively) of PDFs and page images; sub-directories are categories.
+
+    Symbolic links are followed only while they stay inside the directory: a link (to a file or
+    a directory) that leads out of it is listed as an item and rejected as
+    `symlink_outside_source` without being opened, so a source tree cannot make prepare read
+    arbitrary files (and the user sees which links were skipped).
+    """
 
     def __init__(self, root: str):
         self.root = Path(root)
         self.name = str(self.root)
-        self._files = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                             if p.is_file() and p.suffix.lower() in ocr.SUFFIXES)
+        self._real_root = os.path.realpath(self.root)
+        files = []
+        for dirpath, dirnames, filenames in os.walk(self.root):  # does not descend into linked dirs
+            for name in filenames + dirnames:
+                path = Path(dirpath, name)
+                is_doc = name in filenames and path.suffix.lower() in ocr.SUFFIXES
+                if is_doc or (path.is_symlink() and not self._inside(path)):
+                    files.append(path.relative_to(self.root).as_posix())
+        self._files = sorted(files)
         if not self._files:
             raise PrepareError(f"prepare.source: {root} holds no {'/'.join(ocr.SUFFIXES)} files")
         self.categories = tuple(sorted({f.split("/")[0] for f in self._files if "/" in f}))
+        self._ocr_need = "some" if any(f.lower().endswith(".pdf") for f in self._files) else "all"
+
+    def _inside(self, path: Path) -> bool:
+        real = os.path.realpath(path)
+        return os.path.commonpath([self._real_root, real]) == self._real_root
+
+    def ocr_need(self) -> str:
+        return self._ocr_need
 
     def items(self) -> list[Item]:
         return [Item(f, str(self.root / f)) for f in self._files]
 
     def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
-        doc, pages = ocr.read_document(item.locator, dpi=cfg["dpi"], max_pages=cfg["max_pages"],
+        path = Path(item.locator)
+        if not self._inside(path):  # checked again here: the tree may have changed since listing
+            raise ocr.BadDocument("symlink_outside_source",
+                                  f"{path} -> {os.path.realpath(path)} is outside {self._real_root}")
+        doc, pages = ocr.read_document(path, dpi=cfg["dpi"], max_pages=cfg["max_pages"],
                                        max_pixels=cfg["max_pixels"], lang=cfg["ocr_lang"])
         category = item.doc_id.split("/")[0] if "/" in item.doc_id else None
         return dataclasses.replace(doc, doc_id=item.doc_id, category=category), pages
@@ -135,7 +179,11 @@ class TfdsSource(Source):
         label = feats["label"] if "label" in feats else None
         self.categories = tuple(label.names) if isinstance(label, tfds.features.ClassLabel) else ()
         self.count = n
+        self._has_words = "ocr_json" in feats
         self._ds = None
+
+    def ocr_need(self) -> str:
+        return "none" if self._has_words else "all"
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_ds": None}  # each worker opens its own reader
@@ -208,10 +256,13 @@ def validate(cfg: mlc.ConfigDict) -> None:
         raise PrepareError(str(e)) from None
 
 
-def _settings(cfg: mlc.ConfigDict) -> dict[str, Any]:
-    """The config that determines shard contents (not `workers`); stored with every shard."""
+def _settings(cfg: mlc.ConfigDict, ocr_engine: bool = True) -> dict[str, Any]:
+    """What determines shard contents (the config but `workers`, the shard format, whether OCR
+    ran); stored with every shard."""
     prep = {k: v for k, v in cfg.prepare.to_dict().items() if k != "workers"}
-    return {"seed": cfg.seed, "prepare": prep, "text": cfg.text.to_dict()}
+    settings = {"seed": cfg.seed, "prepare": prep, "text": cfg.text.to_dict(), "format": SHARD_FORMAT,
+                "ocr_engine": ocr_engine}
+    return json.loads(json.dumps(settings))  # as a shard's JSON gives it back (tuples become lists)
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:
@@ -228,20 +279,41 @@ def text_id(text: str) -> int:
 # ----------------------------------------------------------------------------- one document
 
 
+def _page_problem(page: ocr.Page, i: int, ocr_available: bool) -> tuple[str, str] | None:
+    """(reason, detail) when page i cannot be stored: no words, or words that fail the schema."""
+    if not any(w.text.strip() for w in page.words):
+        if not ocr_available:  # it may be a scan: without Tesseract there is no telling
+            return "no_ocr_engine", f"page {i}: no text layer, and Tesseract is not available"
+        return "no_text", f"page {i}"
+    try:
+        ocr.check_page(page, f"pages[{i}].")
+    except ocr.OcrSchemaError as e:
+        return "ocr_schema", str(e)[:500]
+    return None
+
+
 def process_document(source: Source, item: Item, cfg: dict[str, Any]) -> dict[str, Any]:
     """Read one document and cut it into windows; everything but the text embeddings.
 
-    Returns {"doc": fields} or {"rejected": [entry]}; page-level rejections ride along in
-    "rejected" next to "doc". Never raises for a bad document.
+    Returns {"doc": fields} or {"rejected": [entry]}; dropped pages ride along in "rejected"
+    next to "doc" as entries with a "page" index, and a cut at max_pages as "truncated".
+    Never raises for a bad document.
     """
     where = str(item.locator) if isinstance(item.locator, str) else item.doc_id
     try:
         doc, images = source.read(item, cfg)
-        keep = [i for i in range(len(doc.pages)) if doc.page_text(i).strip()]
-        rejected = [{"file": where, "reason": "no_text", "detail": f"page {i}"}
-                    for i in range(len(doc.pages)) if i not in keep]
+        problems = {i: pr for i, p in enumerate(doc.pages)
+                    if (pr := _page_problem(p, i, cfg["ocr_lang"] is not None)) is not None}
+        keep = [i for i in range(len(doc.pages)) if i not in problems]
         if not keep:
-            return {"rejected": [{"file": where, "reason": "no_text", "detail": "no page has text"}]}
+            reasons = sorted({r for r, _ in problems.values()})
+            detail = "; ".join(d for _, d in problems.values())[:500]
+            return {"rejected": [{"file": where, "reason": reasons[0] if len(reasons) == 1 else "no_usable_page",
+                                  "detail": f"no usable page: {detail}"}]}
+        rejected = [{"file": where, "page": i, "reason": r, "detail": d} for i, (r, d) in problems.items()]
+        truncated = None
+        if doc.source_pages is not None and doc.source_pages > len(doc.pages):
+            truncated = {"file": where, "pages": doc.source_pages, "kept": len(doc.pages)}
         doc = dataclasses.replace(doc, pages=[doc.pages[i] for i in keep])
         resized, scales = zip(*(patchify.resize_to_width(images[i], cfg["page_width"], cfg["window"]) for i in keep))
         doc = doc.scaled(scales, [(im.shape[1], im.shape[0]) for im in resized])
@@ -255,6 +327,7 @@ def process_document(source: Source, item: Item, cfg: dict[str, Any]) -> dict[st
             if not ok:
                 raise ValueError(f"page {i}: PNG encoding failed")
             pngs.append(png.tobytes())
+        doc.check()  # what is stored reads back (scaling and padding included)
         category = doc.category or ""
         fields = {
             "doc_id": item.doc_id, "source": doc.source, "category": category,
@@ -265,7 +338,9 @@ def process_document(source: Source, item: Item, cfg: dict[str, Any]) -> dict[st
             "page_text": [doc.page_text(i) for i in range(len(doc.pages))],
             "page_nwords": np.asarray([len(p.words) for p in doc.pages], np.int32),
         }
-        return {"doc": fields, "rejected": rejected}
+        return {"doc": fields, "rejected": rejected, "truncated": truncated}
+    except ocr.OcrSchemaError as e:
+        return {"rejected": [{"file": where, "reason": "ocr_schema", "detail": str(e)[:500]}]}
     except ocr.BadDocument as e:
         return {"rejected": [{"file": where, "reason": e.reason, "detail": e.detail}]}
     except Exception as e:  # one bad document must never stop a run
@@ -346,20 +421,33 @@ class _Embedder:
         e = self.encoder
         return {"name": e.name, "dim": int(e.dim), "pooling": e.pooling, "max_length": int(e.max_length)}
 
-    def embed(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Unique texts, sorted so that batches do not depend on document order -> float16 rows."""
+    def embed(self, texts: Sequence[str], progress: str | None = None) -> dict[str, np.ndarray]:
+        """Unique texts, sorted so that batches do not depend on document order -> float16 rows.
+
+        `progress`: the label of a progress bar (texts, rate, ETA), or None for none. The texts
+        go to the encoder in slices of 16 batches so that the bar moves; the slices depend only
+        on the texts, so the output stays a function of them.
+        """
         unique = sorted(set(texts))
-        emb, _ = self.encoder.embed(unique, batch_size=self._cfg.batch_size, progress=False)
-        return dict(zip(unique, emb.astype(np.float16)))
+        step = 16 * self._cfg.batch_size
+        rows = []
+        with tqdm(total=len(unique), desc=progress, unit="text", leave=False, disable=progress is None) as bar:
+            for lo in range(0, len(unique), step):
+                emb, _ = self.encoder.embed(unique[lo:lo + step], batch_size=self._cfg.batch_size, progress=False)
+                rows.append(emb.astype(np.float16))
+                bar.update(len(emb))
+        return dict(zip(unique, np.concatenate(rows))) if rows else {}
 
 
 def _write_shard(out: Path, shard: Shard, results: list[dict[str, Any]], embedder: _Embedder,
-                 settings: dict[str, Any]) -> dict[str, Any]:
+                 settings: dict[str, Any], progress: bool = False) -> dict[str, Any]:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     docs = [r["doc"] for r in results if "doc" in r]
     rejected = [e for r in results for e in r["rejected"]]
-    table = embedder.embed([t for d in docs for t in d["window_text"] + d["page_text"]]) if docs else {}
+    truncated = [r["truncated"] for r in results if r.get("truncated")]
+    texts = [t for d in docs for t in d["window_text"] + d["page_text"]]
+    table = embedder.embed(texts, f"text embed {shard.name}" if progress else None) if docs else {}
     tmp = out / f"{shard.name}.array_record.tmp"
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     pages = windows = 0
@@ -374,7 +462,7 @@ def _write_shard(out: Path, shard: Shard, results: list[dict[str, Any]], embedde
         windows += len(d["windows"])
     writer.close()
     stats = {"name": shard.name, "split": shard.split, "documents": len(docs), "pages": pages,
-             "windows": windows, "rejected": rejected, "settings": settings,
+             "windows": windows, "rejected": rejected, "truncated": truncated, "settings": settings,
              "encoder": embedder.info() if docs else None}
     meta = out / f"{shard.name}.json"
     (out / f"{shard.name}.json.tmp").write_text(json.dumps(stats))
@@ -389,7 +477,8 @@ def _complete(out: Path, shard: Shard, settings: dict[str, Any]) -> dict[str, An
         return None
     stats = json.loads(meta.read_text())
     if stats.get("settings") != settings:
-        raise PrepareError(f"{meta}: written with a different config; use a new --out directory")
+        raise PrepareError(f"{meta}: written with a different config, an older prepare or without OCR; "
+                           "use a new --out directory")
     return stats
 
 
@@ -405,11 +494,18 @@ def _manifest(out: Path, source: Source, stats: list[dict[str, Any]], settings: 
         splits[split] = {"files": [f"{s['name']}.array_record" for s in ss if s["documents"]],
                          **{k: sum(s[k] for s in ss) for k in ("documents", "pages", "windows")}}
     rejected = [e for s in stats for e in s["rejected"]]
+    truncated = [t for s in stats for t in s["truncated"]]
     p = settings["prepare"]
+
+    def count(entries: list[dict[str, Any]]) -> dict[str, int]:
+        return dict(sorted(collections.Counter(e["reason"] for e in entries).items()))
+
     manifest = {
         "version": MANIFEST_VERSION, "source": source.name, "config": settings, "encoder": encoder,
         "splits": splits, "categories": list(source.categories),
-        "rejected": dict(sorted(collections.Counter(e["reason"] for e in rejected).items())),
+        "rejected": count([e for e in rejected if "page" not in e]),  # whole documents, per reason
+        "dropped_pages": count([e for e in rejected if "page" in e]),  # pages of kept documents
+        "truncated": {"documents": len(truncated), "pages": sum(t["pages"] - t["kept"] for t in truncated)},
         "window": p["window"], "stride": p["stride"], "page_width": p["page_width"],
     }
     if splits["train"]["files"]:  # the text bank and the target mean of the training split
@@ -428,17 +524,24 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
     """
     validate(cfg)
     source = make_source(cfg.prepare.source, cfg.seed)
+    ocr_lang = cfg.prepare.ocr_lang
+    if source.ocr_need() != "none" and (problem := ocr.tesseract_problem(ocr_lang)):
+        if source.ocr_need() == "all":
+            raise PrepareError(f"prepare.source: every document of {source.name} needs OCR, but {problem}")
+        log.warning("%s; PDF pages without a text layer and images are skipped (no_ocr_engine)", problem)
+        ocr_lang = None
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out: {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(cfg)
+    settings = _settings(cfg, ocr_engine=ocr_lang is not None)
     shards = plan_shards(source.items(), cfg.prepare.val_fraction, cfg.prepare.shard_docs)
     done = {s.name: st for s in shards if (st := _complete(out, s, settings)) is not None}
     todo = [s for s in shards if s.name not in done]
     embedder = _Embedder(cfg.text, encoder)
-    work_cfg = {k: cfg.prepare[k] for k in ("page_width", "window", "stride", "dpi", "max_pages",
-                                             "max_pixels", "ocr_lang")}
+    work_cfg = {k: cfg.prepare[k] for k in ("page_width", "window", "stride", "dpi", "max_pages", "max_pixels",
+                                            "synth_long", "synth_long_pages")}
+    work_cfg["ocr_lang"] = ocr_lang  # None: no OCR engine
     results = _processed(source, [it for s in todo for it in s.items], work_cfg, cfg.prepare.workers)
     total = sum(len(s.items) for s in todo)
     with tqdm(total=total, desc=f"prepare {source.name}", unit="doc", disable=not progress) as bar:
@@ -447,5 +550,5 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
             for _ in shard.items:
                 batch.append(next(results))
                 bar.update(1)
-            done[shard.name] = _write_shard(out, shard, batch, embedder, settings)
+            done[shard.name] = _write_shard(out, shard, batch, embedder, settings, progress)
     return _manifest(out, source, [done[s.name] for s in shards], settings, embedder)

@@ -8,7 +8,6 @@ counts records across the split's files in manifest order.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from docjepa import cli
 from docjepa.data.ocr import Document, LayoutElement, Word
 from docjepa.data.record import decode_record
 
@@ -103,7 +103,7 @@ def render_record(rec: dict[str, Any], page: int) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m docjepa.data.show", description=__doc__.splitlines()[0])
+    ap = cli.ArgumentParser(prog="python -m docjepa.data.show", description=__doc__.splitlines()[0])
     ap.add_argument("path", help="an ArrayRecord file or a prepared data directory")
     ap.add_argument("--index", type=int, default=0, help="record index (across the split's files)")
     ap.add_argument("--page", type=int, default=0, help="page within the document")

@@ -31,9 +31,11 @@ class DocjepaDocs(tfds.core.GeneratorBasedBuilder):
     code_path = None
 
     def __init__(self, *, source: str = "synth:16", seed: int = 0, dpi: float = 100, max_pages: int = 32,
-                 max_pixels: int = 40_000_000, ocr_lang: str = "eng", **kwargs: Any):
+                 max_pixels: int = 40_000_000, ocr_lang: str = "eng", synth_long: float = 0.0,
+                 synth_long_pages: tuple[int, int] = (8, 64), **kwargs: Any):
         self._source_spec, self._seed = source, seed
-        self._read_cfg = {"dpi": dpi, "max_pages": max_pages, "max_pixels": max_pixels, "ocr_lang": ocr_lang}
+        self._read_cfg = {"dpi": dpi, "max_pages": max_pages, "max_pixels": max_pixels, "ocr_lang": ocr_lang,
+                          "synth_long": synth_long, "synth_long_pages": synth_long_pages}
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:

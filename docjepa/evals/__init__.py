@@ -18,10 +18,11 @@ from flax import nnx
 
 from docjepa import validate
 from docjepa.data import pipeline
-from docjepa.evals import category, layout, prior, retrieval
+from docjepa.evals import category, layout, memory, prior, retrieval
 from docjepa.evals.features import FeatureExtractor, Features, Needs
 
-EVALUATORS: dict[str, ModuleType] = {"retrieval": retrieval, "category": category, "layout": layout, "prior": prior}
+EVALUATORS: dict[str, ModuleType] = {"retrieval": retrieval, "category": category, "layout": layout, "prior": prior,
+                                     "memory": memory}
 
 
 def check_names(names: list[str], field: str = "config.evals.names") -> None:
@@ -40,7 +41,7 @@ class Evaluation:
         self.cfg, self.data_dir = cfg, data_dir
         self.evaluators = [EVALUATORS[n] for n in names]
         self.needs = Needs.union(e.NEEDS for e in self.evaluators)
-        self.extract = FeatureExtractor(cfg, graphdef, mesh, param_sh, layout=self.needs.layout)
+        self.extract = FeatureExtractor(cfg, graphdef, mesh, param_sh, layout=self.needs.layout, trace=self.needs.trace)
         splits = pipeline.read_manifest(data_dir)["splits"]
         has = lambda s: splits.get(s, {}).get("documents", 0) > 0  # noqa: E731
         self.val_split = cfg.data.val_split if has(cfg.data.val_split) else cfg.data.train_split

@@ -35,11 +35,12 @@ class Needs:
 
     train: bool = False   # the same features over the train split (probes, the prior)
     layout: bool = False  # Hiera stage maps with per-cell layout labels (`layout_x`, `layout_y`)
+    trace: bool = False   # the reader's state at the end of every page (`page_end_trace`)
 
     @staticmethod
     def union(needs: Iterable[Needs]) -> Needs:
         needs = list(needs)
-        return Needs(train=any(n.train for n in needs), layout=any(n.layout for n in needs))
+        return Needs(**{f.name: any(getattr(n, f.name) for n in needs) for f in dataclasses.fields(Needs)})
 
 
 @dataclasses.dataclass
@@ -56,12 +57,15 @@ class Features:
     page_ref: np.ndarray        # [n, 2] (record_index, page index in the record)
     doc: np.ndarray
     doc_txt: np.ndarray
-    doc_ids: np.ndarray         # one running id per (record, chunk): each chunk is its own item
+    doc_ids: np.ndarray         # the record index: one item per whole document
+    doc_pages: np.ndarray       # pages per document
     window_key: np.ndarray      # layout keys (`layout_key`) of each level's items, for the prior
     page_key: np.ndarray
     doc_key: np.ndarray
     layout_x: np.ndarray        # [tokens, C] Hiera stage features (empty unless Needs.layout)
     layout_y: np.ndarray        # [tokens] layout class index (0 = background)
+    page_end_trace: np.ndarray  # [n, C] the reader's state after each page's last window (Needs.trace)
+    page_end_ref: np.ndarray    # [n, 2] (record_index, page) of each of those page ends
     val_loss: float
 
 
@@ -104,23 +108,32 @@ class FeatureExtractor:
     """Jitted, sharded forward pass of the model over eval batches of one data directory."""
 
     def __init__(self, cfg: mlc.ConfigDict, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, param_sh: Any,
-                 layout: bool):
-        self.cfg, self.mesh, self.layout = cfg, mesh, layout
+                 layout: bool, trace: bool = False):
+        self.cfg, self.mesh, self.layout, self.trace = cfg, mesh, layout, trace
         stage = cfg.evals.layout_stage if layout else None
         loss_cfg = _eval_loss(cfg.loss)
 
-        def forward(params, batch):
+        def forward(params, batch, memory):
             model = nnx.merge(graphdef, params)
             out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                        max_pages=cfg.data.max_pages, stage=stage)
+                        max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], stage=stage, trace=trace)
             loss, _ = objective.loss_terms(model, out, batch, loss_cfg)
-            keep = {k: out[k] for k in ("window", "page", "doc")}
+            keep = {k: out[k] for k in ("window", "page", "doc", "trace") if k in out}
             if layout:
                 keep["stage"] = out["stage"].astype(jnp.float32)
-            return keep | {"loss": loss}
+            return keep | {"loss": loss}, out.get("memory")
 
-        self.forward = jax.jit(forward, in_shardings=(param_sh, sharding.batch_sharding(mesh, 1)),
-                               out_shardings=sharding.replicated(mesh))
+        rows = sharding.batch_sharding(mesh, 1)
+        self.forward = jax.jit(forward, in_shardings=(param_sh, rows, rows),
+                               out_shardings=(sharding.replicated(mesh), rows))
+
+    def _start_memory(self, params: Any) -> jax.Array | None:
+        """A placeholder carry for the first batch (every row of it begins a document or is
+        padding, so it starts from `memory_init`); None without the TTM."""
+        if "ttm" not in params:
+            return None
+        m, c = params["ttm"]["memory_init"].shape  # the forward's own output sharding: one compiled program
+        return jax.device_put(np.zeros((self.cfg.evals.batch_size, m, c), np.float32), sharding.batch_sharding(self.mesh, 1))
 
     def __call__(self, params: Any, data_dir: str, split: str, max_examples: int,
                  layout_tokens_per_window: int = 64, desc: str = "eval") -> Features:
@@ -133,9 +146,11 @@ class FeatureExtractor:
             data_dir, split, batch_size=self.cfg.evals.batch_size, max_steps=self.cfg.data.max_steps,
             max_pages=self.cfg.data.max_pages, min_words=self.cfg.data.min_words,
             center=self.cfg.data.center_targets, max_examples=max_examples, with_ocr=self.layout)
+        memory = self._start_memory(params)
         for batch in tqdm(batches, desc=desc, disable=not sys.stderr.isatty()):
             local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in factory.STEP_FIELDS}
-            out = jax.device_get(self.forward(params, sharding.global_batch(local, self.mesh)))
+            out, memory = self.forward(params, sharding.global_batch(local, self.mesh), memory)
+            out = jax.device_get(out)
             ex = batch["example_mask"]
             if ex.any():
                 losses.append(float(out["loss"]))
@@ -155,10 +170,17 @@ class FeatureExtractor:
                                               batch["page_index"]], -1)[pm])
             cols["page_key"].append(layout_key(np.broadcast_to(category[:, None], pm.shape)[pm],
                                                batch["page_index"][pm]))
-            cols["doc"].append(out["doc"][ex])
-            cols["doc_txt"].append(np.asarray(objective.doc_targets(batch["page_emb"], batch["page_mask"]))[ex])
-            cols["doc_ids"].append(batch["example_index"][ex])
-            cols["doc_key"].append(layout_key(category[ex], batch["page_index"][ex, 0]))
+            dm = batch["doc_mask"] & ex  # rows whose document ends in this chunk, read whole
+            cols["doc"].append(out["doc"][dm])
+            cols["doc_txt"].append(batch["doc_emb"][dm])
+            cols["doc_ids"].append(batch["record_index"][dm])
+            cols["doc_key"].append(layout_key(category[dm], np.zeros(int(dm.sum()), np.int64)))
+            cols["doc_pages"].append(batch["doc_pages"][dm])
+            if self.trace:
+                ends = batch["page_end"] & ex[:, None]
+                cols["page_end_trace"].append(out["trace"][ends])
+                cols["page_end_ref"].append(np.stack([np.broadcast_to(batch["record_index"][:, None], ends.shape),
+                                                      batch["window_rows"][..., 0]], -1)[ends])
             if not self.layout:
                 continue
             grid = out["stage"].shape[2]

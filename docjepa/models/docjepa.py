@@ -155,13 +155,25 @@ class DocJEPA(nnx.Module):
             feats = stages[stage].reshape(*lead, *stages[stage].shape[1:])
         return tokens.reshape(*lead, *tokens.shape[1:]), feats
 
+    def initial_memory(self, batch: int) -> jax.Array | None:
+        """The memory a document starts from, [batch, m, C] float32; None without the TTM."""
+        return None if self.ttm is None else self.ttm.initial_memory(batch)
+
     def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, boxes: jax.Array, *,
-                 max_pages: int, stage: int | None = None, train: bool = False) -> dict[str, jax.Array]:
-        """Embeddings per step, page and example; with `stage`, also that Hiera stage's maps.
+                 max_pages: int, memory: jax.Array | None = None, reset: jax.Array | None = None,
+                 stage: int | None = None, trace: bool = False, train: bool = False) -> dict[str, jax.Array]:
+        """Embeddings per step, page and document; the memory to carry; with `stage`, that
+        Hiera stage's maps.
 
         patches uint8 [B, S, H, W, 3], step_mask [B, S], page_ids [B, S] (page of each step
-        within the example, -1 on padding), boxes [B, S, 4] (window box / page size). With
-        `train`, features are centred on this batch and its means come back as
+        within the example, -1 on padding), boxes [B, S, 4] (window box / page size).
+        `memory` [B, m, C]: each row's memory after its previous chunk; `reset` [B]: rows whose
+        chunk begins a document (they start from `memory_init`). "doc" is the document
+        embedding after this chunk: the memory read out by the document head, or without the
+        TTM (the no-memory ablation, which carries nothing) the mean of this chunk's steps.
+        With `trace`, "trace" [B, S, C] is the reader's state after each step: the mean memory
+        token, or without the TTM the mean of the chunk's step features so far (memory probes).
+        With `train`, features are centred on this batch and its means come back as
         "feature_means" for `update_running_means`."""
         tokens, feats = self.encode_patches(patches, stage)                # [B, S, N, C]
         if self.in_proj is not None:
@@ -169,12 +181,15 @@ class DocJEPA(nnx.Module):
         if self.box_embed is not None:
             tokens = tokens + self.box_embed(boxes)[:, :, None, :].astype(tokens.dtype)
         if self.ttm is not None:
-            outputs, memory = self.ttm(tokens, step_mask)                  # [B, S, r, C], [B, m, C]
+            outputs, memory, *states = self.ttm(tokens, step_mask, memory, reset, trace=trace)  # [B, S, r, C], [B, m, C]
             steps = outputs.mean(axis=2)
             doc = memory.mean(axis=1)
         else:  # no-memory ablation: each step is the mean of its own patch tokens
             steps = tokens.mean(axis=2)
             doc = masked_mean(steps, step_mask, axis=1)
+            if trace:  # the mean of the chunk's steps so far
+                w = step_mask.astype(steps.dtype)[..., None]
+                states = [jnp.cumsum(steps * w, axis=1) / jnp.maximum(jnp.cumsum(w, axis=1), 1.0)]
         steps = layers.at_least_f32(steps)
         means = {}
         if self.step_center is not None:
@@ -188,6 +203,8 @@ class DocJEPA(nnx.Module):
             "page": self.page_head(pages),
             "doc": self.doc_head(doc),
             "page_present": onehot.any(axis=1),
+            **({} if self.ttm is None else {"memory": memory}),
+            **({"trace": layers.at_least_f32(states[0])} if trace else {}),
             **({} if feats is None else {"stage": feats}),
             **({"feature_means": means} if train else {}),
         }

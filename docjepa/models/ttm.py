@@ -9,7 +9,9 @@ instead of growing with the document as full attention over all patches would:
     write:   memory'   = TokenLearner(memory ; outputs ; inputs)
 
 The loop over steps is one `jax.lax.scan`, so compile time and program size do not depend
-on the number of steps. Padded steps leave the memory untouched and output zeros.
+on the number of steps. Padded steps leave the memory untouched and output zeros. The memory
+at the end of a chunk can be passed back in for the next chunk of the same document (training
+and evaluation carry it across a whole document this way; see `data/pipeline.py: DocStreams`).
 """
 
 from __future__ import annotations
@@ -164,30 +166,51 @@ class TokenTuringMachine(nnx.Module):
         self.write = TokenLearner(dim, memory_size, rngs=rngs, dtype=dtype)
 
     def step(self, memory: jax.Array, inputs: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """One read-process-write step: memory [B, m, C], inputs [B, n, C], valid [B] bool."""
-        seg = self.segment[...].astype(memory.dtype)
-        mem, inp = memory + seg[_MEMORY], inputs.astype(memory.dtype) + seg[_INPUT]
+        """One read-process-write step: memory [B, m, C] (float32 at least), inputs [B, n, C], valid
+        [B] bool. Compute runs in the module's dtype; the memory stays in its own, so a long
+        document's carry does not accumulate bfloat16 rounding."""
+        dtype = self.dtype or memory.dtype
+        seg = self.segment[...].astype(dtype)
+        mem, inp = memory.astype(dtype) + seg[_MEMORY], inputs.astype(dtype) + seg[_INPUT]
         x = self.read(jnp.concatenate([mem, inp], axis=1))
         for block in self.blocks:
             x = block(x)
-        out = self.out_norm(x).astype(memory.dtype)
+        out = self.out_norm(x).astype(dtype)
         new = self.write(jnp.concatenate([mem, out + seg[_OUTPUT], inp], axis=1)).astype(memory.dtype)
         keep = valid[:, None, None]
         return jnp.where(keep, new, memory), jnp.where(keep, out, jnp.zeros_like(out))
 
-    def __call__(self, inputs: jax.Array, step_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """inputs [B, S, N, C], step_mask [B, S] bool -> (outputs [B, S, r, C], memory [B, m, C])."""
+    def initial_memory(self, batch: int) -> jax.Array:
+        """`memory_init` for `batch` rows, in float32 or wider (the carry's dtype)."""
+        init = layers.at_least_f32(self.memory_init[...])
+        return jnp.broadcast_to(init, (batch, *init.shape))
+
+    def __call__(self, inputs: jax.Array, step_mask: jax.Array, memory: jax.Array | None = None,
+                 reset: jax.Array | None = None, *, trace: bool = False) -> tuple[jax.Array, ...]:
+        """inputs [B, S, N, C], step_mask [B, S] bool -> (outputs [B, S, r, C], memory [B, m, C])
+        and, with `trace`, the mean memory token after each step [B, S, C] (memory probes).
+
+        `memory` [B, m, C]: the rows' memory at the end of their previous chunk (default: the
+        initial memory); `reset` [B] bool: rows that begin a new document start from
+        `memory_init` instead. The returned memory is the carry into the rows' next chunk."""
         if inputs.ndim != 4 or inputs.shape[-1] != self.dim:
             raise ValueError(f"ttm inputs: expected [B, S, N, {self.dim}], got {inputs.shape}")
         if step_mask.shape != inputs.shape[:2]:
             raise ValueError(f"ttm step_mask: expected shape {inputs.shape[:2]}, got {step_mask.shape}")
-        init = self.memory_init[...]
-        dtype = self.dtype or jnp.result_type(inputs.dtype, init.dtype)
-        memory = jnp.broadcast_to(init.astype(dtype), (inputs.shape[0], *init.shape))
+        init = self.initial_memory(inputs.shape[0])
+        if memory is None:
+            memory = init
+        else:
+            if memory.shape != init.shape:
+                raise ValueError(f"ttm memory: expected shape {init.shape}, got {memory.shape}")
+            memory = layers.at_least_f32(memory)
+            if reset is not None:
+                memory = jnp.where(reset[:, None, None], init.astype(memory.dtype), memory)
         graphdef, state = nnx.split(self)
 
-        def body(mem: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            return nnx.merge(graphdef, state).step(mem, *xs)
+        def body(mem: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+            mem, out = nnx.merge(graphdef, state).step(mem, *xs)
+            return mem, ((out, mem.mean(axis=1)) if trace else (out,))
 
-        memory, outputs = jax.lax.scan(body, memory, (inputs.swapaxes(0, 1), step_mask.swapaxes(0, 1).astype(bool)))
-        return outputs.swapaxes(0, 1), memory
+        memory, ys = jax.lax.scan(body, memory, (inputs.swapaxes(0, 1), step_mask.swapaxes(0, 1).astype(bool)))
+        return (ys[0].swapaxes(0, 1), memory, *(y.swapaxes(0, 1) for y in ys[1:]))

@@ -29,6 +29,9 @@ from docjepa.data.synth.style import _style
 _BUILDERS: dict[str, Builder] = {**letter.BUILDERS, **invoice.BUILDERS, **form.BUILDERS, **paper.BUILDERS,
                                  **report.BUILDERS, **slide.BUILDERS}
 CATEGORIES: tuple[str, ...] = tuple(_BUILDERS)
+# Categories whose body flows on for as many pages as asked (long documents: numbered sections
+# continue across pages, the running header repeats the title and organisation).
+LONG_CATEGORIES: tuple[str, ...] = ("report", "paper_1col", "paper_2col")
 
 DPI = 96.0  # page sizes below are at 96 dpi
 _PAPER_SIZES = ((816, 1056), (794, 1123))  # US letter, A4

@@ -18,7 +18,7 @@ def _article(d: _Doc, sections: Sequence[str], numbered_headings: bool, figure_p
     font = d.font(REGULAR, body)
     align = "justify" if rng.random() < 0.7 else "left"
     fig = tab = 1
-    for s in range(60):
+    for s in range(400):  # sections until the document's pages are full
         name = sections[s] if s < len(sections) else t.title(1, 4)
         d.heading(f"{s + 1} {name}" if numbered_headings else name, body + 3)
         for k in range(int(rng.integers(1, 4))):
