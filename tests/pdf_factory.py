@@ -31,14 +31,20 @@ def build_pdf(pages: list[tuple[bytes, bytes]], pages_node: bytes = b"") -> byte
         objs.append(b"<< /Type /Page /Parent 2 0 R /Resources << /Font << /F1 3 0 R /F2 %s >> >> /Contents %d 0 R %s >>"
                     % (CJK_FONT, 5 + 2 * i, extra))
         objs.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
-    out, offsets = bytearray(b"%PDF-1.6\n"), []
+    return serialize(objs, version=b"1.6")
+
+
+def serialize(objs: list[bytes], version: bytes = b"1.4", trailer: bytes = b"") -> bytes:
+    """Objects 1..n (object 1 the catalog) as a PDF file with its cross-reference table;
+    `trailer`: extra trailer entries (e.g. an /Encrypt reference)."""
+    out, offsets = bytearray(b"%%PDF-%s\n" % version), []
     for i, body in enumerate(objs, 1):
         offsets.append(len(out))
         out += b"%d 0 obj\n%s\nendobj\n" % (i, body)
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
     out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, trailer, xref)
     return bytes(out)
 
 
