@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import subprocess  # noqa: E402
@@ -91,9 +92,10 @@ def run_one(config: str, data: str, mode: str) -> dict:
         state = factory.init_train_state(make_model(), tx, 1)
         it = pipeline.make_train_iterator(cfg.data, seed=0, local_batch_size=1, process_index=0, process_count=1,
                                           num_epochs=1)
-        batches = [{k: b[k] for k in factory.STEP_FIELDS} for b in it]
-        compiled = step.lower(state, batches[0]).compile()
-        for b in batches:
+        batches = ({k: b[k] for k in factory.STEP_FIELDS} for b in it)  # one batch alive at a time
+        first = next(batches)
+        compiled = step.lower(state, first).compile()
+        for b in itertools.chain([first], batches):
             t = time.perf_counter()
             state, metrics = compiled(state, b)
             jax.block_until_ready(metrics)
@@ -108,8 +110,8 @@ def run_one(config: str, data: str, mode: str) -> dict:
         t = time.perf_counter()
         feats = ext(params, data, "train", 10**9)
         total = time.perf_counter() - t
-        n = len(feats.window)
-        chunks = -(-n // cfg.data.max_steps)
+        n = len(feats.window)  # one window per page: the chunks are plan_chunks over the pages
+        chunks = len(pipeline.plan_chunks(np.arange(n), cfg.data.max_steps, cfg.data.max_pages))
         times, windows = [total / chunks] * chunks, [n / chunks] * chunks
         programs = ext.forward._cache_size()
         temp = 0
