@@ -26,6 +26,7 @@ CPU_ARGS: dict[str, list[str]] = {
     "siglip.py": ["--sizes", "1024,2048,4096", "--repeats", "2"],
     "text_embed.py": ["--texts", "256"],
     "ttm_scaling.py": ["--pages", "1,4,16", "--repeats", "2"],
+    "doc_length.py": ["--pages", "1,16,64"],
     "train_step.py": ["--config", "configs/demo.py", "--steps", "3"],
 }
 
