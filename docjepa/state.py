@@ -17,7 +17,7 @@ from flax import nnx
 
 from docjepa import objective, sharding
 from docjepa.data import bank
-from docjepa.models import hiera
+from docjepa.models import hiera, layers
 from docjepa.models.docjepa import DocJEPA
 
 # Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
@@ -90,10 +90,9 @@ def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.
     """The train state as ShapeDtypeStructs: what init, restore and the shardings agree on."""
     params = nnx.to_pure_dict(abstract_params)
     state = {"params": params, "opt": jax.eval_shape(tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
-    if cfg.model.ttm.use_memory:
-        m, c = params["ttm"]["memory_init"].shape
-        dtype = jnp.promote_types(params["ttm"]["memory_init"].dtype, jnp.float32)
-        state["memory"] = jax.ShapeDtypeStruct((cfg.data.batch_size, m, c), dtype)
+    if cfg.model.ttm.use_memory:  # as `TokenTuringMachine.initial_memory` lays it out
+        init = jax.eval_shape(layers.at_least_f32, params["ttm"]["memory_init"])
+        state["memory"] = jax.ShapeDtypeStruct((cfg.data.batch_size, *init.shape), init.dtype)
     return state
 
 
