@@ -96,6 +96,13 @@ def target_mean(manifest: dict[str, Any], level: str, data_dir: str) -> np.ndarr
     return np.asarray(manifest["target_mean"][level], np.float32)
 
 
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay near zero): dot products become cosines.
+    The one numpy normalisation of targets: the bank, the pipeline's document targets and the
+    evaluators (`evals.common`) use it."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
 def load(data_dir: str, manifest: dict[str, Any], *, min_words: int, center: bool) -> dict[str, dict[str, np.ndarray]]:
     """The bank per level with targets centred (when `center`) and L2-normalised, float32; entries
     with fewer than `min_words` words are dropped, as the loss masks them in batches too."""
@@ -107,6 +114,5 @@ def load(data_dir: str, manifest: dict[str, Any], *, min_words: int, center: boo
         emb = cols.pop("emb").astype(np.float32)[keep]
         if center:
             emb = emb - target_mean(manifest, level, data_dir)
-        emb /= np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-6)
-        out[level] = {"emb": emb, **{k: v[keep] for k, v in cols.items()}}
+        out[level] = {"emb": normalize(emb), **{k: v[keep] for k, v in cols.items()}}
     return out

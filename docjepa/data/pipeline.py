@@ -177,8 +177,7 @@ class _Spec:
         valid = doc["page_nwords"] >= self.min_words
         if not valid.any():
             return np.zeros(self.dim, np.float32), False
-        unit = emb[valid] / np.maximum(np.linalg.norm(emb[valid], axis=-1, keepdims=True), 1e-6)
-        return unit.mean(axis=0).astype(np.float32), True
+        return bank.normalize(emb[valid]).mean(axis=0).astype(np.float32), True
 
     def chunks(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
         """One light element per chunk: window range plus the PNGs of its pages."""

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from docjepa.data.bank import normalize  # noqa: F401  (the one normalisation; evaluators import it from here)
+
 KS = (1, 5, 10)
 
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay near zero): dot products become cosines."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
 
 def recall_at_k(queries: np.ndarray, candidates: np.ndarray, query_ids: np.ndarray, cand_ids: np.ndarray,
