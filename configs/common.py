@@ -19,6 +19,9 @@ def base() -> mlc.ConfigDict:
     c.prepare.max_pages = 256            # per document; longer documents are truncated
     c.prepare.synth_long = 0.0           # synth:N: this fraction of documents are long (reports, papers)
     c.prepare.synth_long_pages = (8, 64)  # ... of this many pages (the others have 1-4)
+    # synth:N: body text at least this x-height in px after the resize to page_width (0 = the
+    # generator's print sizes, about 5 px at 448 px wide: too small to read).
+    c.prepare.synth_min_x_height = 8.0
     c.prepare.max_pixels = 40_000_000    # per page image, before resizing
     c.prepare.val_fraction = 0.1
     c.prepare.shard_docs = 64            # documents per ArrayRecord shard

@@ -152,3 +152,25 @@ def test_tilted_boxes_enclose_the_tilted_ink():
     ys, xs = np.nonzero(tilted < 128)
     assert x0 - 1 <= xs.min() and xs.max() <= x1 + 1 and y0 - 1 <= ys.min() and ys.max() <= y1 + 1
     assert xs.min() - x0 < 2 and x1 - xs.max() < 2 and ys.min() - y0 < 2 and y1 - ys.max() < 2
+
+
+def test_min_x_height_makes_body_text_legible_after_the_resize():
+    """An 'x' of the body font is >= 8 px high once the page is 448 px wide, in every family."""
+    from docjepa.data.synth import style
+
+    for family in style._SERIF + style._SANS + style._MONO:
+        base = style._Style(family, 15, (0, 0, 0), (0, 0, 0), (255, 255, 255), False)
+        for width in (816, 1024):
+            scale = 448 / width
+            body = style._legible(base, 8.0 / scale).body
+            top, bottom = style._font(family[0], body).getbbox("x")[1::2]
+            assert (bottom - top) * scale >= 8.0 - 1.0, (family[0], width, body)  # 1 px: glyph rounding
+    # The documents follow: median word height at 448 px wide grows in every category.
+    for i, category in enumerate(synth.CATEGORIES):
+        heights = []
+        for legible in ({}, {"min_x_height": 8.0, "page_width": 448}):
+            doc, _ = synth.generate(i, 5, category=category, **legible)
+            heights.append(np.median([(w.box[3] - w.box[1]) * 448 / p.width for p in doc.pages for w in p.words]))
+        assert heights[1] >= 10.0 and heights[1] > heights[0], (category, heights)
+    with pytest.raises(ValueError, match="min_x_height and page_width"):
+        synth.generate(0, min_x_height=8.0)

@@ -23,7 +23,7 @@ from docjepa.data.ocr import Document, LayoutElement, Page, Word
 from docjepa.data.synth import form, invoice, letter, paper, report, slide
 from docjepa.data.synth.degrade import _degrade, _rotate_boxes  # noqa: F401  (_rotate_boxes: tests)
 from docjepa.data.synth.flow import Builder, _Doc, _Full
-from docjepa.data.synth.style import _style
+from docjepa.data.synth.style import _legible, _style
 
 # The order is part of the output: generate draws an index into CATEGORIES from the document's rng.
 _BUILDERS: dict[str, Builder] = {**letter.BUILDERS, **invoice.BUILDERS, **form.BUILDERS, **paper.BUILDERS,
@@ -39,15 +39,22 @@ _SLIDE_SIZE = (1024, 768)  # 4:3 slide
 
 
 def generate(index: int, seed: int = 0, *, min_pages: int = 1, max_pages: int = 4,
-             category: str | None = None) -> tuple[Document, list[np.ndarray]]:
+             category: str | None = None, min_x_height: float = 0.0,
+             page_width: int = 0) -> tuple[Document, list[np.ndarray]]:
     """One synthetic document and its RGB uint8 page images, deterministic in (index, seed).
 
-    The category is drawn from the same rng unless `category` forces one.
+    The category is drawn from the same rng unless `category` forces one. With `min_x_height`
+    and `page_width`, the body text is set large enough that its x-height is at least
+    `min_x_height` px once the page is resized to `page_width` px wide (an encoder cannot learn
+    to read text a few pixels high; headings and tables scale with the body).
     """
     if index < 0 or seed < 0:
         raise ValueError(f"synth.generate: index and seed must be >= 0, got index={index}, seed={seed}")
     if not 1 <= min_pages <= max_pages:
         raise ValueError(f"synth.generate: need 1 <= min_pages <= max_pages, got {min_pages}, {max_pages}")
+    if min_x_height < 0 or page_width < 0 or (min_x_height > 0) != (page_width > 0):
+        raise ValueError(f"synth.generate: min_x_height and page_width go together and are >= 0, got "
+                         f"{min_x_height}, {page_width}")
     if category is not None and category not in CATEGORIES:
         raise ValueError(f"synth.generate: category {category!r} is not one of {', '.join(CATEGORIES)}")
     rng = np.random.default_rng([seed, index])
@@ -61,6 +68,8 @@ def generate(index: int, seed: int = 0, *, min_pages: int = 1, max_pages: int = 
         size = _PAPER_SIZES[int(rng.integers(len(_PAPER_SIZES)))]
         m = int(rng.integers(56, 96))
         margins, last_fill = (m, int(rng.integers(50, 80)), m, int(rng.integers(60, 90))), float(rng.uniform(0.5, 1.0))
+    if min_x_height:
+        style = _legible(style, min_x_height * size[0] / page_width)
     doc = _Doc(rng, size, n_pages, style, margins, last_fill)
     try:
         _BUILDERS[category](doc)

@@ -5,7 +5,9 @@ Fonts come from the Debian packages fonts-dejavu-core and fonts-liberation (see 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +78,17 @@ def _style(rng: np.random.Generator, category: str) -> _Style:
     ink = pick(_INKS)
     accent = ink if category.startswith("paper") else pick(_ACCENTS)
     return _Style(family, int(rng.integers(lo, hi + 1)), ink, accent, paper, scan)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=64)
+def _x_height_ratio(name: str) -> float:
+    """x-height over the font size, measured on the rendered glyph (0.46 for Times-like faces,
+    0.55 for DejaVu Sans)."""
+    top, bottom = _font(name, 100).getbbox("x")[1::2]
+    return (bottom - top) / 100
+
+
+def _legible(style: _Style, min_x_height: float) -> _Style:
+    """`style` with its body size raised, if needed, to an x-height of `min_x_height` canvas px."""
+    body = math.ceil(min_x_height / _x_height_ratio(style.family[REGULAR]))
+    return dataclasses.replace(style, body=max(style.body, body))
