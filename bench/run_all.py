@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NOT_BENCHMARKS = {"__init__.py", "common.py", "run_all.py"}
+# device_check.py needs an accelerator and a prepared corpus: bench/device_check.sh runs it.
+NOT_BENCHMARKS = {"__init__.py", "common.py", "run_all.py", "device_check.py"}
 
 # Minutes, not hours, on a few CPU cores; the scripts' own defaults are the full-size runs.
 CPU_ARGS: dict[str, list[str]] = {

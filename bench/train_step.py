@@ -5,9 +5,10 @@
 
 The model, optimizer, shardings and step come from docjepa.train (build_model, build_optimizer,
 decay_mask, train_state_shardings, make_train_step) on the config's mesh over all devices, so
-the numbers are those of a real run minus the input pipeline. FLOPs per device come from the
-compiled step's XLA cost analysis (hardware FLOPs: a rematerialised block's forward counts
-twice), peak memory per device from its memory analysis
+the numbers are those of a real run minus the input pipeline. TFLOP/s and MFU use the analytic
+model FLOPs of docjepa/flops.py (forward + backward, no rematerialisation, as PaLM defines MFU);
+XLA's cost analysis of the compiled step is printed beside them but not used: it counts one TTM
+step of the chunk's scan. Peak memory per device comes from XLA's memory analysis
 (arguments + outputs + temporaries - donated aliases). MFU is n/a where
 docjepa.metrics has no peak FLOP/s for the device (CPUs). Appends one row to BENCHMARKS.md.
 """
@@ -22,6 +23,7 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 import jax  # noqa: E402
 import ml_collections as mlc  # noqa: E402
@@ -29,15 +31,37 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
-from docjepa import metrics, sharding, state as factory, text, train, validate  # noqa: E402
+from docjepa import flops, metrics, sharding, state as factory, text, train, validate  # noqa: E402
 
-TITLE = "Train step"
-COLUMNS = ("date", "machine", "command", "config", "batch x steps", "dtype", "step s", "patches/s", "TFLOP/s",
-           "MFU", "peak MiB")
+# Renamed when TFLOP/s and MFU moved from XLA's count to the analytic one: older rows stay under "Train step".
+TITLE = "Train step (analytic FLOPs)"
+COLUMNS = ("date", "machine", "command", "config", "batch x steps", "dtype", "step s", "patches/s",
+           "model GFLOP/step", "TFLOP/s", "MFU", "peak MiB")
 NOTE = ("One jitted train step (forward, backward, AdamW update) of docjepa.train on random batches, median of "
-        "the timed steps after warm-up. TFLOP/s = XLA cost-analysis FLOPs of the compiled step x devices / step "
-        "time; MFU against docjepa.metrics.PEAK_BF16_FLOPS. peak MiB = per-device arguments + outputs + "
-        "temporaries - donated aliases, from XLA's memory analysis.")
+        "the timed steps after warm-up. model GFLOP/step: the analytic count of docjepa/flops.py over the global "
+        "batch (XLA's cost analysis counts one TTM step of the scan; the script prints it too). TFLOP/s = model "
+        "FLOPs / step time; MFU = that per device against docjepa.metrics.PEAK_BF16_FLOPS. peak MiB = per-device "
+        "arguments + outputs + temporaries - donated aliases, from XLA's memory analysis.")
+
+
+def setup(config: str, *, batch: int = 0, max_steps: int = 0, dtype: str = "", embed_dim: int = 0
+          ) -> tuple[mlc.ConfigDict, int, jax.sharding.Mesh]:
+    """`config` (configs/X.py[:arg]) with the overrides (0 / '' keep the config's), validated; the
+    text width (model.embed_dim, else the config's text encoder); the config's mesh. Raises
+    ValueError or FileNotFoundError with a one-line message."""
+    cfg = common.load_config(config)
+    cfg.data.batch_size = batch or cfg.data.batch_size
+    cfg.data.max_steps = max_steps or cfg.data.max_steps
+    cfg.model.dtype = dtype or cfg.model.dtype
+    validate.check(cfg, "train")
+    try:
+        embed_dim = embed_dim or cfg.model.embed_dim or text_width(cfg)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; pass --embed_dim") from None
+    mesh = sharding.make_mesh(cfg.mesh)
+    if cfg.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(f"batch {cfg.data.batch_size} is not divisible by the mesh's batch shards {dict(mesh.shape)}")
+    return cfg, embed_dim, mesh
 
 
 def text_width(cfg: mlc.ConfigDict) -> int:
@@ -91,6 +115,60 @@ def random_bank(cfg: mlc.ConfigDict, embed_dim: int, size: int, mesh: jax.shardi
     return out
 
 
+def compile_step(cfg: mlc.ConfigDict, embed_dim: int, mesh: jax.sharding.Mesh, batch: dict[str, Any],
+                 text_bank: dict | None) -> tuple[jax.stages.Compiled, Callable[[], dict[str, Any]]]:
+    """docjepa.train's step for `cfg` on `mesh`, compiled for `batch` and `text_bank` (arrays or
+    ShapeDtypeStructs: compiling allocates nothing), and the function that initialises its state."""
+    bank_sizes = {level: cols["emb"].shape[0] for level, cols in text_bank.items()} if text_bank else None
+    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed, bank_sizes)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
+    state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
+
+    @functools.partial(jax.jit, out_shardings=state_sh)
+    def init_state():
+        return factory.init_train_state(make_model(), tx, cfg.data.batch_size)
+
+    step_fn = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh),
+                      in_shardings=(state_sh, {k: sharding.batch_sharding(mesh, 1) for k in batch},
+                                    jax.tree.map(lambda a: a.sharding, text_bank)),
+                      out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+    return step_fn.lower(factory.abstract_train_state(tx, abstract_params, cfg), batch, text_bank).compile(), init_state
+
+
+def measure(config: str, *, steps: int = 5, warmup: int = 1, batch: int = 0, max_steps: int = 0, dtype: str = "",
+            embed_dim: int = 0, bank: int = 4096) -> dict[str, Any]:
+    """Time the train step of `config` (overrides as in `setup`; `bank` entries per text-bank level).
+
+    Returns the resolved config ("cfg"), "batch", "max_steps", "devices", "step_s" (median of
+    `steps` after `warmup`), "patches_per_s", "model_flops" (analytic, whole step), "xla_flops"
+    (XLA's cost analysis, per device), "model_tflops", "mfu" (None without a known peak) and
+    "peak_bytes" (XLA's per-device peak)."""
+    cfg, embed_dim, mesh = setup(config, batch=batch, max_steps=max_steps, dtype=dtype, embed_dim=embed_dim)
+    text_bank = random_bank(cfg, embed_dim, bank, mesh)
+    data = sharding.global_batch(random_batch(cfg, embed_dim), mesh)
+    compiled, init_state = compile_step(cfg, embed_dim, mesh, data, text_bank)
+    mem = common.compiled_memory(compiled)
+    state = init_state()
+
+    def one_step() -> None:
+        nonlocal state
+        state, out = compiled(state, data, text_bank)
+        jax.block_until_ready(out)
+
+    step_s = common.median_seconds(one_step, steps, warmup=warmup)
+    model_flops = flops.train_step_flops(cfg, embed_dim, bank if text_bank else 0)
+    peak = metrics.peak_flops(jax.devices()[0])
+    return {
+        "cfg": cfg, "batch": cfg.data.batch_size, "max_steps": cfg.data.max_steps, "devices": mesh.size,
+        "step_s": step_s, "patches_per_s": cfg.data.batch_size * cfg.data.max_steps / step_s,
+        "model_flops": model_flops, "xla_flops": flops.xla_flops(compiled),
+        "model_tflops": model_flops / step_s / 1e12,
+        "mfu": model_flops / mesh.size / step_s / peak if peak else None,
+        "peak_bytes": mem["argument"] + mem["output"] + mem["temp"] - mem["alias"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="configs/X.py or configs/X.py:arg")
@@ -106,56 +184,18 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        cfg = common.load_config(args.config)
-        cfg.data.batch_size = args.batch or cfg.data.batch_size
-        cfg.data.max_steps = args.max_steps or cfg.data.max_steps
-        cfg.model.dtype = args.dtype or cfg.model.dtype
-        validate.check(cfg, "train")
-        embed_dim = args.embed_dim or cfg.model.embed_dim or text_width(cfg)
-        mesh = sharding.make_mesh(cfg.mesh)
+        r = measure(args.config, steps=args.steps, warmup=args.warmup, batch=args.batch, max_steps=args.max_steps,
+                    dtype=args.dtype, embed_dim=args.embed_dim, bank=args.bank)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}" + ("; pass --embed_dim" if isinstance(e, FileNotFoundError) else ""))
-    if cfg.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        sys.exit(f"error: batch {cfg.data.batch_size} is not divisible by the mesh's batch shards {dict(mesh.shape)}")
-
-    text_bank = random_bank(cfg, embed_dim, args.bank, mesh)
-    make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed,
-                                   {"window": args.bank, "page": args.bank} if text_bank else None)
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-    tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
-    state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
-
-    @functools.partial(jax.jit, out_shardings=state_sh)
-    def init_state():
-        return factory.init_train_state(make_model(), tx, cfg.data.batch_size)
-
-    batch = sharding.global_batch(random_batch(cfg, embed_dim), mesh)
-    step_fn = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh),
-                      in_shardings=(state_sh, {k: sharding.batch_sharding(mesh, 1) for k in batch},
-                                    jax.tree.map(lambda a: a.sharding, text_bank)),
-                      out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
-    state = init_state()
-    compiled = step_fn.lower(state, batch, text_bank).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    mem = common.compiled_memory(compiled)
-    peak_bytes = mem["argument"] + mem["output"] + mem["temp"] - mem["alias"]
-
-    def one_step() -> None:
-        nonlocal state
-        state, out = compiled(state, batch, text_bank)
-        jax.block_until_ready(out)
-
-    step_s = common.median_seconds(one_step, args.steps, warmup=args.warmup)
+        sys.exit(f"error: {e}")
     device = jax.devices()[0]
-    peak = metrics.peak_flops(device)
-    patches = cfg.data.batch_size * cfg.data.max_steps
-    row = (common.today(), common.machine(None if device.platform == "cpu" else f"{device.device_kind} x{mesh.size}"),
-           common.command(), args.config, f"{cfg.data.batch_size} x {cfg.data.max_steps}", cfg.model.dtype,
-           f"{step_s:.3f}", f"{patches / step_s:.1f}", f"{flops * mesh.size / step_s / 1e12:.3f}",
-           f"{flops / step_s / peak:.1%}" if peak else "n/a", common.mib(peak_bytes))
-    print(f"{args.config}: {flops:.3e} FLOPs per device per step over {mesh.size} device(s), mesh {dict(mesh.shape)}")
+    row = (common.today(), common.machine(None if device.platform == "cpu" else f"{device.device_kind} x{r['devices']}"),
+           common.command(), args.config, f"{r['batch']} x {r['max_steps']}", r["cfg"].model.dtype,
+           f"{r['step_s']:.3f}", f"{r['patches_per_s']:.1f}", f"{r['model_flops'] / 1e9:.1f}",
+           f"{r['model_tflops']:.3f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+           common.mib(r["peak_bytes"]))
+    print(f"{args.config}: {r['model_flops']:.3e} model FLOPs per step (analytic) over {r['devices']} device(s); "
+          f"XLA's cost analysis: {r['xla_flops']:.3e} per device")
     common.print_table(COLUMNS[3:], [row[3:]])
     if not args.no_write:
         common.append_rows(TITLE, COLUMNS, [row], note=NOTE)

@@ -114,6 +114,9 @@ def base() -> mlc.ConfigDict:
     c.train.keep = 3
     c.train.eval_every = 0               # 0 = only at step 0 and the end
     c.train.max_nonfinite = 5            # consecutive non-finite steps before stopping
+    # Steps between the processes' agreement on a SIGTERM (an all-gather, a barrier across hosts).
+    # One process checks every step; several act up to N-1 steps late, within the grace period.
+    c.train.preempt_check_every = 10
 
     # Evaluators run by docjepa.eval and inside training (big_vision-style plug-ins).
     c.evals = mlc.ConfigDict()

@@ -86,15 +86,100 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+class CheckpointError(ValueError):
+    """A saved step that cannot be read, or whose parameters do not fit the model; str() is one line."""
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one short line (tensorstore appends its whole JSON spec to its errors)."""
+    text = str(e).strip().split(" [tensorstore_spec=", 1)[0]
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _check_shapes(saved: Any, abstract: Any, where: str) -> None:
+    """Raise CheckpointError naming the first parameter that the checkpoint lacks, has in excess
+    or stores with another shape: orbax's own error names neither the parameter nor the run."""
+    flat = lambda tree: {jax.tree_util.keystr(k, simple=True, separator="/"): v  # noqa: E731
+                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    saved, abstract = flat(saved), flat(abstract)
+    hint = "(is the config the run's own?)"
+    unmatched = sorted(abstract.keys() ^ saved.keys())
+    if unmatched:
+        what = "has no" if unmatched[0] in abstract else "has a parameter the config does not build:"
+        raise CheckpointError(f"{where} {what} params/{unmatched[0]} {hint}")
+    for key, want in abstract.items():
+        if tuple(saved[key].shape) != tuple(want.shape):
+            raise CheckpointError(f"{where}: params/{key} has shape {tuple(saved[key].shape)}, the config builds "
+                                  f"{tuple(want.shape)} {hint}")
+
+
+def restore_params(workdir: str | os.PathLike, step: int | None, abstract_params: Any) -> tuple[Any, int]:
+    """`state["params"]` of `step` (None: the latest) onto the shardings of `abstract_params`,
+    and the step restored.
+
+    Evaluation reads the parameters only: the optimizer moments would double the memory it
+    needs, and reading the whole state would tie evaluation to the run's optimizer and to the
+    TTM's carried memory (`state["memory"]`), so a checkpoint written with another optimizer or
+    without memory could not be evaluated. orbax's PyTree handler reads a subtree
+    (`partial_restore`); the StandardCheckpointHandler that training registers cannot.
+    Raises FileNotFoundError when there is no such step (naming the steps there are) and
+    CheckpointError when the step is unreadable or does not fit `abstract_params`.
+    """
+    directory = workdir_path(workdir) / "checkpoints"
+    if not directory.exists():
+        raise FileNotFoundError(f"{workdir}: no checkpoints/ (not a training workdir, or nothing saved yet)")
+    manager = ocp.CheckpointManager(directory, item_names=("state",),
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                                    options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"{workdir}: no checkpoint in {directory}")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}; steps saved: "
+                                    f"{', '.join(map(str, steps))}")
+        where = f"{workdir}: checkpoint step {step}"
+        handler = ocp.PyTreeCheckpointHandler()  # the state item alone: the data item needs no reading
+        try:
+            saved = handler.metadata(directory / str(step) / "state").tree
+        except Exception as e:  # noqa: BLE001 - any failure to read metadata is a damaged step
+            raise CheckpointError(f"{where} is unreadable ({_first_line(e)})") from e
+        finally:
+            handler.close()
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise CheckpointError(f"{where} is unreadable (no train state with params in {directory / str(step)})")
+        _check_shapes(saved["params"], abstract_params, where)
+        item = {"params": abstract_params}
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))
+        except Exception as e:  # noqa: BLE001 - as above: missing or truncated array files
+            raise CheckpointError(f"{where} is unreadable ({_first_line(e)})") from e
+    finally:
+        manager.close()
+    return restored["state"]["params"], step
+
+
 class Preemption:
-    """SIGTERM sets a flag; every process agrees on it at step boundaries.
+    """SIGTERM sets a flag; every process agrees on it at the same step boundaries.
 
     Cluster schedulers (SLURM, GKE, TPU maintenance) send SIGTERM before they kill a job.
-    The loop polls `requested()` once per step; with several processes the flag is
-    all-gathered so that every host saves the same step and exits together.
+    The loop polls `requested(step)` once per step. One process reads its own flag. With
+    several, the flags are all-gathered, but only on steps divisible by `check_every`: the
+    all-gather is a blocking cross-host barrier, and paying it every step stalls the dispatch
+    of the next step on every host. Every host calls it with the same step, so all agree on
+    the step to save; a SIGTERM is acted on up to `check_every - 1` steps late, which must fit
+    in the scheduler's grace period.
+
+    Not orbax's `reached_preemption`: it reads JAX's preemption sync manager, which exists only
+    after `jax.distributed.initialize` (a single-process run never sees a SIGTERM through it;
+    it returns False) and which handles the signal in the coordination service rather than
+    here, so one code path would become two.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check_every: int = 1) -> None:
+        self.check_every = check_every
         self._flag = False
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -102,9 +187,12 @@ class Preemption:
         del signum, frame
         self._flag = True
 
-    def requested(self) -> bool:
+    def requested(self, step: int) -> bool:
+        """Whether to save `step` and stop: the same answer on every process."""
         if jax.process_count() == 1:
             return self._flag
+        if step % self.check_every:
+            return False
         flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
         return bool(np.any(flags))
 

@@ -35,7 +35,7 @@ def _message(e: BaseException) -> str:
     return msg
 
 
-def _flag_argument(argv: Sequence[str], name: str) -> str | None:
+def flag_argument(argv: Sequence[str], name: str) -> str | None:
     """The value given to --name on the command line (last one wins, as in absl)."""
     value = None
     for i, arg in enumerate(argv):
@@ -66,7 +66,7 @@ def _explain(e: BaseException, argv: Sequence[str], flag_values: flags.FlagValue
         return msg.splitlines()[0]
     msg = _message(e).strip()
     for name in _config_flag_names(flag_values):
-        path = _flag_argument(argv, name)
+        path = flag_argument(argv, name)
         if isinstance(e, (AttributeError, KeyError)):
             # An override of a field the config does not have: ml_collections names the key and
             # may suggest the field that was meant ("Did you mean ...").
@@ -86,7 +86,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     """absl flags parser for `app.run(main, flags_parser=parse_flags)`: the remaining argv, or
     one line on stderr and exit 2 for any mistake, before any work (or JAX compilation) starts."""
     for name in _config_flag_names(flag_values):  # a missing config file: say so before parsing
-        path = _flag_argument(argv[1:], name)
+        path = flag_argument(argv[1:], name)
         if path is not None and not os.path.isfile(path.split(":", 1)[0]):
             usage_error(f"--{name}: {path.split(':', 1)[0]}: no such config file")
     try:

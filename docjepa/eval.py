@@ -1,6 +1,7 @@
-"""Evaluation: python -m docjepa.eval --config configs/X.py --workdir DIR [--step N] [--data DIR].
+"""Evaluation: python -m docjepa.eval --workdir DIR [--config configs/X.py] [--step N] [--data DIR].
 
-Loads a checkpoint, runs the frozen encoder over a prepared split, and reports:
+Loads a checkpoint's parameters (with the run's own DIR/config.json unless --config is given),
+runs the frozen encoder over a prepared split, and reports:
 retrieval (window, page, document; both directions; R@1/5/10 with pool size and chance),
 a linear probe and a kNN classifier of the document category on page embeddings, and a
 linear layout probe on frozen Hiera stage features (mean IoU). The same numbers are
@@ -14,7 +15,6 @@ by `config.evals.names`; the report (JSON, Markdown, PNG) is `docjepa.evals.repo
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +25,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from docjepa import checkpoint, cli, evals, metrics, sharding, state as factory, validate
+from docjepa import checkpoint, cli, evals, metrics, run_config, sharding, state as factory, validate
 from docjepa.data import bank, pipeline
 from docjepa.evals import report
 
@@ -34,44 +34,55 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Command-line flags, defined only when this module is the program (not on import)."""
-    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py.")
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py (default: the run's own "
+                                    "WORKDIR/config.json, docjepa/run_config.py).")
     flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
     flags.DEFINE_string("data", None, "Prepared data directory (default: config.data.dir).")
     flags.DEFINE_multi_string("compare", [], "NAME=WORKDIR of another run to evaluate alongside.")
     flags.DEFINE_bool("random_init", True, "Also evaluate the random-initialised twin (step 0).")
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """`cli.parse_flags`, with `--config` defaulting to the run's own config: the saved
+    WORKDIR/config.json, loaded through docjepa/run_config.py so that overrides apply to it."""
+    workdir = cli.flag_argument(argv[1:], "workdir")
+    if cli.flag_argument(argv[1:], "config") is None and workdir:
+        if not (checkpoint.workdir_path(workdir) / "config.json").exists():
+            cli.usage_error(f"--config not given and {workdir}/config.json does not exist "
+                            "(pass --config, or the --workdir of a training run)")
+        argv = [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
+    return cli.parse_flags(argv)
 
 
 class Restored:
-    """A model restored from a workdir: graphdef, params and the shardings they live on."""
+    """A model restored from a workdir: graphdef, params and the shardings they live on.
+
+    Only the parameters are read (`checkpoint.restore_params`), so the run's optimizer and
+    carried memory play no part."""
 
     def __init__(self, cfg: mlc.ConfigDict, workdir: Path, embed_dim: int, mesh: jax.sharding.Mesh,
                  step: int | None):
         make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
         self.graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-        tx, _ = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
-        state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
-        self.param_sh = state_sh["params"]
+        self.param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
         self.init_params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)),
                                    out_shardings=self.param_sh)
-        self.params, self.step = None, 0
-        ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
-        if ckpt.latest_step() is not None:
-            abstract = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params, cfg), state_sh)
-            state = ckpt.restore(step, abstract)
-            self.params, self.step = state["params"], int(state["step"])
-        elif step is not None:
-            raise FileNotFoundError(f"{workdir}: no checkpoint at step {step}")
-        ckpt.close()
+        abstract = checkpoint.abstract_with_shardings(nnx.to_pure_dict(abstract_params), self.param_sh)
+        self.params, self.step = checkpoint.restore_params(workdir, step, abstract)
 
 
-def load_config(workdir: Path) -> mlc.ConfigDict:
-    """The resolved config a training run wrote to its workdir."""
-    path = workdir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing (is {workdir} a docjepa workdir?)")
-    return mlc.ConfigDict(json.loads(path.read_text()))
+def restore(cfg: mlc.ConfigDict, workdir: Path, embed_dim: int, mesh: jax.sharding.Mesh, step: int | None,
+            prefix: str = "") -> Restored:
+    """`Restored`, or one line (after `prefix`) and exit: 2 for a missing workdir or step (a flag
+    was wrong), 1 for a checkpoint that cannot be read or does not fit the config."""
+    try:
+        return Restored(cfg, workdir, embed_dim, mesh, step)
+    except FileNotFoundError as e:
+        cli.usage_error(f"{prefix}{e}")
+    except checkpoint.CheckpointError as e:
+        sys.exit(f"error: {prefix}{e}")
 
 
 def main(argv: list[str]) -> None:
@@ -90,16 +101,14 @@ def main(argv: list[str]) -> None:
             name, _, other = item.partition("=")
             if not name or not other:
                 raise ValueError(f"--compare: expected NAME=WORKDIR, got {item!r}")
-            compare[name] = (load_config(Path(other)), Path(other))
+            compare[name] = (run_config.load(other), Path(other))
     except (validate.ConfigError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 
     sharding.maybe_initialize_distributed()
     mesh = sharding.make_mesh(cfg.mesh)
     embed_dim = factory.embed_dim_of(cfg, manifest)
-    main_run = Restored(cfg, workdir, embed_dim, mesh, FLAGS.step)
-    if main_run.params is None:
-        sys.exit(f"error: {workdir}: no checkpoint to evaluate (train first, or pass --workdir of a run)")
+    main_run = restore(cfg, workdir, embed_dim, mesh, FLAGS.step)
     evaluation = evals.Evaluation(cfg, main_run.graphdef, mesh, main_run.param_sh, list(cfg.evals.names), data_dir)
 
     runs, feats = {}, {}
@@ -107,9 +116,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.random_init:
         runs["random_init"], feats["random_init"] = evaluation.run(main_run.init_params(), tag="random_init")
     for name, (other_cfg, other_dir) in compare.items():
-        other = Restored(other_cfg, other_dir, factory.embed_dim_of(other_cfg, manifest), mesh, None)
-        if other.params is None:
-            sys.exit(f"error: --compare {name}: {other_dir} has no checkpoint")
+        other = restore(other_cfg, other_dir, factory.embed_dim_of(other_cfg, manifest), mesh, None,
+                        f"--compare {name}: ")
         ev = evals.Evaluation(cfg, other.graphdef, mesh, other.param_sh, list(cfg.evals.names), data_dir)
         runs[name], feats[name] = ev.run(other.params, tag=name)
 
@@ -125,4 +133,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=parse_flags)

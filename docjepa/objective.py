@@ -50,6 +50,10 @@ def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
     return {level: float(loss_cfg.bias_init) for level in counts}
 
 
+# The model outputs the terms score (what gradient accumulation caches per microbatch).
+EMBEDDINGS = ("window", "page", "doc")
+
+
 def _window(model, out, batch, cfg, mesh, bank):
     return _siglip(out["window"], batch["window_emb"], batch["window_text_id"], batch["window_mask"],
                    model.window_scale, cfg.chunked, mesh)

@@ -11,10 +11,13 @@ The sweep config's `sweep(arg)` lists the grid points (dicts of config args) and
          lines go through launch/slurm_gpu.sbatch or launch/tpu_pod.sh);
   fit    only collect the finished points and fit.
 
-The fit: total training compute C = (compiled FLOPs per device per step) x devices x steps,
-read from each run's metrics.jsonl, and L(C) = a * C^-b + c, the saturating power law of
-Hestness et al. 2017 (arXiv:1712.00409) and Kaplan et al. 2020 (arXiv:2001.08361), for the
-validation loss and the retrieval error 1 - R@1. Results: DIR/scaling.json and DIR/scaling.png.
+The fit: total training compute C = (model FLOPs per device per step) x devices x steps, read
+from each run's metrics.jsonl (`flops_per_device_step`: the analytic count of docjepa/flops.py;
+XLA's cost analysis, logged beside it, counts one TTM step of a chunk's scan and one microbatch
+of gradient accumulation, so sizes whose TTM share or accumulation differ would sit at wrong
+relative compute), and L(C) = a * C^-b + c, the saturating power law of Hestness et al. 2017
+(arXiv:1712.00409) and Kaplan et al. 2020 (arXiv:2001.08361), for the validation loss and the
+retrieval error 1 - R@1. Results: DIR/scaling.json and DIR/scaling.png.
 """
 
 from __future__ import annotations
@@ -219,6 +222,9 @@ def collect(points: Sequence[Point], retrieval_key: str) -> list[dict[str, Any]]
         record = next((r for r in metrics.read_jsonl(p.workdir / "metrics.jsonl") if "flops_per_device_step" in r), None)
         if record is None:
             raise ValueError(f"{p.workdir}/metrics.jsonl: no flops_per_device_step record")
+        if "xla_flops_per_device_step" not in record:  # written before the analytic count
+            raise ValueError(f"{p.workdir}/metrics.jsonl: flops_per_device_step is XLA's count (one TTM step "
+                             "per chunk), from a train.py older than docjepa/flops.py; train this point again")
         ev = json.loads(p.eval_json.read_text())
         if retrieval_key not in ev:
             raise ValueError(f"{p.eval_json}: no {retrieval_key!r} (keys: {sorted(ev)})")

@@ -5,11 +5,12 @@ below, in the style of MaxText's `logical_axis_rules`, maps each name onto mesh 
 mesh `("data", "fsdp", "tensor")`: fsdp shards the large (model-width) dimension of every
 weight, tensor shards attention heads and MLP hidden units, batches split over data x fsdp.
 A dimension that a mesh axis does not divide stays replicated, so tiny test models run on
-any mesh.
+any mesh; a warning names each such array, since on a production model it costs memory.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -18,6 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger("docjepa.sharding")
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -82,24 +85,34 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
     # reshape on CPU. Devices stay grouped by process along the batch axes.
     try:
         device_array = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
-    except (NotImplementedError, ValueError, AssertionError):
+    except (NotImplementedError, ValueError, AssertionError) as e:
+        # The run still works, but an axis may span slow links: say so rather than be slow silently.
+        log.warning("config.mesh: no topology-aware placement of sizes %s on %d %s devices (%s: %s); "
+                    "using the devices in listed order, so collectives may cross slower links",
+                    sizes, len(devices), devices[0].platform, type(e).__name__, e)
         device_array = np.asarray(devices).reshape(sizes)
     return Mesh(device_array, MESH_AXES)
 
 
-def logical_to_mesh_spec(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh) -> P:
-    """Map one array's logical names to a PartitionSpec, dropping axes that do not divide."""
+def logical_to_mesh_spec(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                         name: str = "array") -> P:
+    """Map one array's logical names to a PartitionSpec. A dimension whose mesh axes do not
+    divide it is replicated, with a warning naming `name` and the axis."""
     if logical is None:
         return P()
     rules = dict(LOGICAL_AXIS_RULES)
     used: set[str] = set()
     out = []
-    for name, dim in zip(logical, shape):
-        target = rules.get(name) if name is not None else None
+    for i, (axis, dim) in enumerate(zip(logical, shape)):
+        target = rules.get(axis) if axis is not None else None
         targets = (target,) if isinstance(target, str) else tuple(target or ())
         targets = tuple(t for t in targets if t not in used and mesh.shape[t] > 1)
         size = int(np.prod([mesh.shape[t] for t in targets])) if targets else 1
-        if not targets or dim % size:
+        if targets and dim % size:
+            log.warning("%s: dimension %d (%s, size %d) is not divisible by mesh axis %s (size %d): replicated",
+                        name, i, axis, dim, "x".join(targets), size)
+            targets = ()
+        if not targets:
             out.append(None)
             continue
         used.update(targets)
@@ -110,13 +123,14 @@ def logical_to_mesh_spec(logical: Sequence[str | None] | None, shape: Sequence[i
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """NamedShardings for an nnx.State (abstract or concrete) from its logical metadata."""
 
-    def one(x: Any) -> NamedSharding:
+    def one(path: Any, x: Any) -> NamedSharding:
         if isinstance(x, nnx.Variable):
             logical = x.get_metadata().get("out_sharding")
-            return x.replace(NamedSharding(mesh, logical_to_mesh_spec(logical, x.get_value().shape, mesh)))
+            name = jax.tree_util.keystr(path, simple=True, separator="/")
+            return x.replace(NamedSharding(mesh, logical_to_mesh_spec(logical, x.get_value().shape, mesh, name)))
         return NamedSharding(mesh, P())
 
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

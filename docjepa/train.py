@@ -23,7 +23,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from docjepa import checkpoint, cli, metrics, objective, sharding, state as factory, validate
+from docjepa import checkpoint, cli, flops, metrics, objective, sharding, state as factory, validate
 from docjepa import evals
 from docjepa.data import bank, pipeline
 from docjepa.models.docjepa import update_running_means
@@ -50,41 +50,65 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     With the TTM, `state["memory"]` is each stream row's memory after its previous chunk: the
     step starts from it (from `memory_init` where `batch["reset"]`) and stores the memory after
     this chunk. Gradients stop at the carry (truncated back-propagation through time: the
-    horizon is one chunk, `data.max_steps` windows)."""
+    horizon is one chunk, `data.max_steps` windows: the carried memory is an input of the step,
+    not a function of the parameters). With `optim.grad_accum` > 1, `cached_grads`."""
     accum = cfg.optim.grad_accum
 
-    def loss_fn(params, batch, bank, memory):
+    def forward(params, batch, memory):
         model = nnx.merge(graphdef, params)
         out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
                     max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True)
+        return model, out
+
+    def loss_fn(params, batch, bank, memory):
+        model, out = forward(params, batch, memory)
         total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh, bank)
         return total, (terms, out["feature_means"], out.get("memory"))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+    def embed(params, batch, memory):
+        """The embeddings the loss reads (differentiable) and what rides beside them."""
+        _, out = forward(params, batch, memory)
+        return {k: out[k] for k in objective.EMBEDDINGS}, (out["page_present"], out["feature_means"], out.get("memory"))
+
+    def cached_grads(params, batch, bank, memory):
+        """Gradient accumulation that keeps every negative of the global batch (GradCache, Gao et
+        al. 2021): embed all microbatches without keeping activations, take the loss of the whole
+        batch and its gradient w.r.t. the embeddings, then back-propagate each microbatch's slice
+        of that gradient through a second forward. The targets are fixed, so the loss and gradient
+        are those of the whole batch at once (one extra forward); only the feature centring uses
+        each microbatch's own mean, as BatchNorm does under accumulation."""
+        split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])  # noqa: E731
+        merge = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        micro = jax.tree.map(split, (batch, memory))
+        _, (embs, (present, means, memory)) = jax.lax.scan(lambda _, xs: (None, embed(params, *xs)), None, micro)
+        embs, present, memory = jax.tree.map(merge, (embs, present, memory))
+
+        def loss_of(params, embs):
+            model = nnx.merge(graphdef, params)
+            return objective.loss_terms(model, {**embs, "page_present": present}, batch, cfg.loss, mesh, bank)
+
+        (loss, terms), (grads, d_embs) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(params, embs)
+
+        def backward(grads, xs):
+            (mb, mem), d = xs
+            _, vjp = jax.vjp(lambda p: embed(p, mb, mem)[0], params)
+            return jax.tree.map(jnp.add, grads, vjp(d)[0]), None
+
+        grads, _ = jax.lax.scan(backward, grads, (micro, jax.tree.map(split, d_embs)))
+        return loss, terms, jax.tree.map(lambda m: m.mean(axis=0), means), memory, grads
+
     def step(state, batch, bank=None):
         params = state["params"]
-        memory = jax.lax.stop_gradient(state["memory"]) if "memory" in state else None
+        memory = state.get("memory")
         if bank is not None and cfg.loss.bank_size:
             bank = objective.sample_bank(bank, jax.random.fold_in(jax.random.key(cfg.seed), state["step"]),
                                          cfg.loss.bank_size)
         if accum == 1:
             (loss, (terms, means, memory)), grads = grad_fn(params, batch, bank, memory)
-        else:  # microbatches of rows in a scan: activations of one microbatch alive at a time
-            split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])  # noqa: E731
-
-            def body(carry, xs):
-                mb, mem = xs
-                (loss, (terms, means, mem)), grads = grad_fn(params, mb, bank, mem)
-                return jax.tree.map(jnp.add, carry, (loss, terms, means, grads)), mem
-
-            micro = jax.tree.map(split, (batch, memory))
-            first = jax.tree.map(lambda x: x[0], micro)
-            (loss, (terms, means, _)), grads = jax.eval_shape(grad_fn, params, first[0], bank, first[1])
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, terms, means, grads))
-            (loss, terms, means, grads), memory = jax.lax.scan(body, zeros, micro)
-            memory = None if memory is None else memory.reshape(-1, *memory.shape[2:])
-            loss, terms, means, grads = jax.tree.map(lambda x: x / accum, (loss, terms, means, grads))
+        else:
+            loss, terms, means, memory, grads = cached_grads(params, batch, bank, memory)
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = update_running_means(optax.apply_updates(params, updates), means, cfg.model.center_momentum)
         grad_norm = optax.tree.norm(grads)
@@ -151,11 +175,16 @@ def main(argv: list[str]) -> None:
     # ------------------------------------------------------------------- model
     embed_dim = factory.embed_dim_of(cfg, manifest)
     make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed, bank_sizes)
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    abstract_model = nnx.eval_shape(make_model)
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
     log.info("model: %s + TTM(m=%d, r=%d, %s), %.2fM parameters, embed dim %d", cfg.model.hiera.name,
                  cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.process if cfg.model.ttm.use_memory
                  else "off", n_params / 1e6, embed_dim)
+    # Model FLOPs counted analytically: XLA's cost analysis counts the TTM's scan body once.
+    # Padded bank entries are scored too (masked afterwards), so the bank's full length counts.
+    bank_lengths = {lv: c["emb"].shape[0] for lv, c in text_bank.items()} if text_bank else 0
+    model_flops = flops.train_step_flops(cfg, embed_dim, bank_lengths, model=abstract_model) / mesh.size
 
     # --------------------------------------------------------------- optimizer
     tx, schedule = factory.build_optimizer(cfg.optim, cfg.train.steps, factory.decay_mask(abstract_params))
@@ -201,8 +230,8 @@ def main(argv: list[str]) -> None:
         run_eval(0)
 
     # -------------------------------------------------------------------- loop
-    preempt = checkpoint.Preemption()
-    compiled, flops, peak = None, 0.0, metrics.peak_flops(jax.devices()[0])
+    preempt = checkpoint.Preemption(cfg.train.preempt_check_every)
+    compiled, peak = None, metrics.peak_flops(jax.devices()[0])
     nonfinite_run, pending = 0, None
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not sys.stderr.isatty(), desc="train")
     t_last, step_last = time.perf_counter(), start
@@ -223,13 +252,13 @@ def main(argv: list[str]) -> None:
         for step in range(start + 1, cfg.train.steps + 1):
             local = next(train_iter)
             batch = sharding.global_batch({k: local[k] for k in factory.STEP_FIELDS}, mesh)
-            if compiled is None:  # compile once, ahead of time, to read the step's FLOP count
+            if compiled is None:  # compile once, ahead of time, to read XLA's FLOP count beside ours
                 compiled = train_step.lower(state, batch, text_bank).compile()
-                cost = compiled.cost_analysis()
-                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-                flops = float(cost.get("flops", 0.0)) if cost else 0.0
-                log.info("compiled train step: %.3e FLOPs per device per step", flops)
-                writer.write(step, {"flops_per_device_step": flops, "devices": mesh.size}, log=False)
+                xla = flops.xla_flops(compiled)
+                log.info("train step: %.3e model FLOPs per device per step (XLA's cost analysis: %.3e)",
+                         model_flops, xla)
+                writer.write(step, {"flops_per_device_step": model_flops, "xla_flops_per_device_step": xla,
+                                    "devices": mesh.size}, log=False)
             state, step_metrics = compiled(state, batch, text_bank)
             if step == start + 1:  # keep compilation out of the timings
                 jax.block_until_ready(state)
@@ -246,14 +275,14 @@ def main(argv: list[str]) -> None:
                 if step > step_last:  # the first step's time is compilation, not throughput
                     dt = (now - t_last) / (step - step_last)
                     host.update({"step_time_s": dt, "patches_per_s": host["patches"] / dt})
-                    if peak and flops:
-                        host["mfu"] = flops / dt / peak
+                    if peak:
+                        host["mfu"] = model_flops / dt / peak
                 t_last, step_last = now, step
                 writer.write(step, host)
             if cfg.evals.in_train and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
                 run_eval(step)
             saved = step % cfg.train.ckpt_every == 0 and ckpt.save(step, state, train_iter)
-            if preempt.requested():
+            if preempt.requested(step):
                 log.info("SIGTERM: saving step %d and exiting", step)
                 if not saved:
                     ckpt.save(step, state, train_iter)

@@ -115,6 +115,7 @@ RULES: dict[str, Rule] = {
     "train.keep": (_pos_int, "must be a positive integer"),
     "train.eval_every": (_nonneg_int, "must be a non-negative integer (0 = start and end only)"),
     "train.max_nonfinite": (_pos_int, "must be a positive integer"),
+    "train.preempt_check_every": (_pos_int, "must be a positive integer"),
     "evals.batch_size": (_pos_int, "must be a positive integer"),
     "evals.max_examples": (_pos_int, "must be a positive integer"),
     "evals.long_doc_pages": (_pos_int, "must be a positive integer"),

@@ -9,6 +9,7 @@ To add one: write the module, add it to EVALUATORS.
 
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +22,8 @@ from docjepa.data import pipeline
 from docjepa.evals import category, layout, memory, prior, retrieval
 from docjepa.evals.features import FeatureExtractor, Features, Needs
 
+log = logging.getLogger("docjepa.evals")
+
 EVALUATORS: dict[str, ModuleType] = {"retrieval": retrieval, "category": category, "layout": layout, "prior": prior,
                                      "memory": memory}
 
@@ -30,6 +33,23 @@ def check_names(names: list[str], field: str = "config.evals.names") -> None:
     unknown = [n for n in names if n not in EVALUATORS]
     if unknown:
         raise validate.ConfigError(f"{field}: unknown evaluator(s) {unknown}; known: {sorted(EVALUATORS)}")
+
+
+def resolve_splits(data_dir: str, val: str, train: str, need_train: bool) -> tuple[str, str]:
+    """The (val, train) splits to read. An empty one is replaced by the other, with a warning:
+    metrics on the training split are not held out, and probes fitted on the split they are
+    scored on flatter the model."""
+    splits = pipeline.read_manifest(data_dir)["splits"]
+    has = lambda s: splits.get(s, {}).get("documents", 0) > 0  # noqa: E731
+    if not has(val):
+        log.warning("%s: split %r has no documents: evaluating on split %r, the training data (metrics are "
+                    "not held out)", data_dir, val, train)
+        val = train
+    if need_train and not has(train):
+        log.warning("%s: split %r has no documents: probes and the prior are fitted on split %r, the split "
+                    "they are scored on", data_dir, train, val)
+        train = val
+    return val, train
 
 
 class Evaluation:
@@ -42,10 +62,8 @@ class Evaluation:
         self.evaluators = [EVALUATORS[n] for n in names]
         self.needs = Needs.union(e.NEEDS for e in self.evaluators)
         self.extract = FeatureExtractor(cfg, graphdef, mesh, param_sh, layout=self.needs.layout, trace=self.needs.trace)
-        splits = pipeline.read_manifest(data_dir)["splits"]
-        has = lambda s: splits.get(s, {}).get("documents", 0) > 0  # noqa: E731
-        self.val_split = cfg.data.val_split if has(cfg.data.val_split) else cfg.data.train_split
-        self.train_split = cfg.data.train_split if has(cfg.data.train_split) else self.val_split
+        self.val_split, self.train_split = resolve_splits(data_dir, cfg.data.val_split, cfg.data.train_split,
+                                                          self.needs.train)
 
     def run(self, params: Any, tag: str = "eval") -> tuple[dict[str, float], Features]:
         """All metrics (with `val/loss`) and the val features they came from (for plots)."""
