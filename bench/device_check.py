@@ -132,6 +132,8 @@ def main() -> None:
     step = train_step.measure(config, steps=args.bench_steps, **overrides)
     t_step = time.perf_counter() - t0
     allocator = (device.memory_stats() or {}).get("peak_bytes_in_use") if device.platform != "cpu" else None
+    print(f"step part done in {t_step:.0f} s: {({k: v for k, v in step.items() if k != 'cfg'})}, "
+          f"allocator peak {allocator}", flush=True)  # kept if a later part fails
 
     # ----------------------------------------------------------------- train
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # PYTHONPATH kept: it may hold the --wheels site
