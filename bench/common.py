@@ -37,10 +37,11 @@ def machine(accelerator: str | None = None) -> str:
 def load_config(spec: str) -> Any:
     """`path/to/config.py[:arg]` -> get_config(arg), as config_flags.DEFINE_config_file does."""
     path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module_spec = importlib.util.spec_from_file_location(f"_bench_config_{Path(path).stem}", path)
     if module_spec is None or not Path(path).is_file():
         raise FileNotFoundError(f"--config: {path} is not a config file")
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses in the config resolve their module by name
     module_spec.loader.exec_module(module)
     return module.get_config(arg or None)
 

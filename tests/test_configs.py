@@ -57,6 +57,17 @@ def test_config_loads_and_validates(path, arg):
     assert cfg.data.batch_size % cfg.optim.grad_accum == 0
 
 
+def test_bench_loader_gives_the_same_configs():
+    """bench/ scripts load configs with bench.common.load_config; it must give what
+    config_flags gives, also for scaling.py, whose module defines dataclasses."""
+    from bench import common
+
+    for path, arg in CONFIGS:
+        spec = str(ROOT / path) + (f":{arg}" if arg else "")
+        assert common.load_config(spec).to_dict() == load(path, arg).to_dict(), spec
+    assert common.load_config(str(ROOT / "configs/scaling.py")).model.hiera.name
+
+
 def test_unknown_variant_is_rejected():
     with pytest.raises(flags.IllegalFlagValueError, match="not one of"):
         load("configs/hiera_b_ttm.py", "gpu8")
