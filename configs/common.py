@@ -117,6 +117,7 @@ def base() -> mlc.ConfigDict:
     # Steps between the processes' agreement on a SIGTERM (an all-gather, a barrier across hosts).
     # One process checks every step; several act up to N-1 steps late, within the grace period.
     c.train.preempt_check_every = 10
+    c.train.profile_steps = ()           # (a, b): a jax.profiler trace of steps a..b in WORKDIR/profile
 
     # Evaluators run by docjepa.eval and inside training (big_vision-style plug-ins).
     c.evals = mlc.ConfigDict()

@@ -235,6 +235,8 @@ def main(argv: list[str]) -> None:
     nonfinite_run, pending = 0, None
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not sys.stderr.isatty(), desc="train")
     t_last, step_last = time.perf_counter(), start
+    data_wait = 0.0  # host seconds spent getting batches since the last log line
+    profile, tracing = tuple(cfg.train.profile_steps), False
 
     def check_finite(step_metrics: dict[str, Any]) -> None:
         nonlocal nonfinite_run
@@ -250,8 +252,13 @@ def main(argv: list[str]) -> None:
 
     try:
         for step in range(start + 1, cfg.train.steps + 1):
+            if profile and step == profile[0]:
+                jax.profiler.start_trace(str(workdir / "profile"))
+                tracing = True
+            t_data = time.perf_counter()
             local = next(train_iter)
             batch = sharding.global_batch({k: local[k] for k in factory.STEP_FIELDS}, mesh)
+            data_wait += time.perf_counter() - t_data
             if compiled is None:  # compile once, ahead of time, to read XLA's FLOP count beside ours
                 compiled = train_step.lower(state, batch, text_bank).compile()
                 xla = flops.xla_flops(compiled)
@@ -262,7 +269,12 @@ def main(argv: list[str]) -> None:
             state, step_metrics = compiled(state, batch, text_bank)
             if step == start + 1:  # keep compilation out of the timings
                 jax.block_until_ready(state)
-                t_last, step_last = time.perf_counter(), step
+                t_last, step_last, data_wait = time.perf_counter(), step, 0.0
+            if tracing and step == profile[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                tracing = False
+                log.info("profile of steps %d-%d written to %s", *profile, workdir / "profile")
             if pending is not None:  # read the previous step's metrics: keeps dispatch one step ahead
                 check_finite(pending)
             pending = step_metrics
@@ -274,10 +286,14 @@ def main(argv: list[str]) -> None:
                 now = time.perf_counter()
                 if step > step_last:  # the first step's time is compilation, not throughput
                     dt = (now - t_last) / (step - step_last)
-                    host.update({"step_time_s": dt, "patches_per_s": host["patches"] / dt})
+                    # Input stall: the host's time getting each batch. Dispatch runs one step ahead,
+                    # so it hides behind the device's work unless the pipeline is the bottleneck;
+                    # data_wait_s near step_time_s means an input-bound run.
+                    host.update({"step_time_s": dt, "patches_per_s": host["patches"] / dt,
+                                 "data_wait_s": data_wait / (step - step_last)})
                     if peak:
                         host["mfu"] = model_flops / dt / peak
-                t_last, step_last = now, step
+                t_last, step_last, data_wait = now, step, 0.0
                 writer.write(step, host)
             if cfg.evals.in_train and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
                 run_eval(step)
@@ -299,6 +315,8 @@ def main(argv: list[str]) -> None:
         log.error("%s", e)
         sys.exit(f"error: {e}")
     finally:
+        if tracing:  # stopped before the last profiled step
+            jax.profiler.stop_trace()
         ckpt.wait()
         ckpt.close()
         writer.close()

@@ -5,6 +5,7 @@ on a corpus made by the real `python -m docjepa.prepare` from synthetic document
 """
 
 import functools
+import json
 import signal
 import subprocess
 
@@ -313,9 +314,16 @@ def test_sigterm_saves_current_step_and_exits_zero(synth_corpus, tmp_path, jax_c
     assert proc.returncode == 0, err[-3000:]
     steps = tu.checkpoint_steps(wd)
     assert len(steps) == 1 and 2 <= steps[0] < 1000 and f"SIGTERM: saving step {steps[0]}" in err
-    r = tu.run(tu.train_cmd(synth_corpus, wd, steps[0] + 2, "--config.train.ckpt_every=1000"), cache=jax_cache)
-    assert r.returncode == 0 and f"resumed from step {steps[0]}" in r.stderr
+    # The resumed run also profiles its two steps and logs the input stall.
+    first = steps[0] + 1
+    r = tu.run(tu.train_cmd(synth_corpus, wd, steps[0] + 2, "--config.train.ckpt_every=1000",
+                            f"--config.train.profile_steps=({first}, {first + 1})"), cache=jax_cache)
+    assert r.returncode == 0 and f"resumed from step {steps[0]}" in r.stderr, r.stderr[-3000:]
     assert tu.checkpoint_steps(wd)[-1] == steps[0] + 2
+    assert list((wd / "profile").rglob("*.xplane.pb")), "no profiler trace written"
+    records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+    waits = [rec["data_wait_s"] for rec in records if rec.get("step") == first + 1 and "data_wait_s" in rec]
+    assert waits and 0 < waits[0] < 60
 
 
 def test_preemption_agrees_across_processes_every_n_steps_only(monkeypatch):
