@@ -114,8 +114,7 @@ def main() -> None:
     if not 0 < args.resume_at < args.steps or args.steps % args.resume_at:
         sys.exit(f"error: --resume_at: {args.resume_at} must be in (0, --steps={args.steps}) and divide it")
     data = Path(args.data).resolve()
-    flags = manifest_text_flags(data)  # fail on a bad corpus before anything compiles
-    del flags
+    manifest_text_flags(data)  # fail on a bad corpus before anything compiles
 
     import jax
 

@@ -67,13 +67,10 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 def load_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
     """The saved parameters of `step` and, with the TTM, the streams' carried memory, flattened
-    to {path: array}, read without a target."""
-    import jax
-    import orbax.checkpoint as ocp
+    to {path: array}, read without a target (the reader bench/device_check.py compares with)."""
+    from bench.device_check import final_state
 
-    tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-    flat, _ = jax.tree_util.tree_flatten_with_path({k: tree[k] for k in ("params", "memory") if k in tree})
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+    return final_state(workdir, step)
 
 
 def data_state(workdir: Path, step: int) -> dict:
