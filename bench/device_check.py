@@ -140,7 +140,8 @@ def main() -> None:
     if device.platform == "gpu":
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     if args.cpu:
-        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+        flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=1"]))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="device_check_"))
     shutil.rmtree(work / "a", ignore_errors=True)
     shutil.rmtree(work / "b", ignore_errors=True)

@@ -48,6 +48,7 @@ def base() -> mlc.ConfigDict:
     c.data.worker_count = 0              # threads that build a batch's examples (decode, cut, augment)
     c.data.augment = True
     c.data.shuffle_buffer = 0            # 0 = global index shuffle (grain MapDataset)
+    c.data.layout_grid = 0               # pseudo-layout cells per window side (loss.layout_weight > 0)
     c.data.center_targets = True         # remove the training targets' mean (manifest; data/bank.py)
 
     # Model.
@@ -66,6 +67,7 @@ def base() -> mlc.ConfigDict:
     c.model.ttm.num_heads = 4
     c.model.ttm.dim = 0                  # 0 = Hiera's output width
     c.model.ttm.use_memory = True        # False: the no-memory ablation (mean over patch tokens)
+    c.model.layout_stage = 1             # Hiera stage read by the layout head (loss.layout_weight > 0)
     c.model.window_position = True       # add an embedding of each window's box on its page
     c.model.center_features = True       # centre window/document features before the heads
     c.model.center_momentum = 0.9        # running mean used at evaluation (EMA per step)
@@ -77,6 +79,12 @@ def base() -> mlc.ConfigDict:
     c.loss.window_weight = 1.0
     c.loss.page_weight = 1.0
     c.loss.doc_weight = 1.0              # document (TTM memory) <-> mean of its page texts
+    # SelfDocSeg's dense signal (data/pseudo_layout.py): a focal-loss classifier of pseudo-layout
+    # regions on each token of Hiera stage `model.layout_stage`, whose map has `data.layout_grid`
+    # cells per window side (224 / (4 * 2**stage) for the registered sizes). 0 = off.
+    c.loss.layout_weight = 0.0
+    c.loss.focal_alpha = 0.25            # Lin et al. 2017
+    c.loss.focal_gamma = 2.0
     c.loss.chunked = False               # ring-chunked SigLIP over the batch axes of the mesh
     # Text-bank negatives (data/bank.py): every distinct training target scored against each
     # window / page embedding besides the batch; false negatives masked (same text, overlapping

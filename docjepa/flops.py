@@ -78,10 +78,11 @@ def hiera_flops(encoder: hiera.Hiera) -> dict[str, float]:
     return dict(out)
 
 
-def _hiera_tokens(encoder: hiera.Hiera) -> int:
-    """Tokens per image after the last stage (every q-pooling applied)."""
+def _hiera_tokens(encoder: hiera.Hiera, stage: int | None = None) -> int:
+    """Tokens per image of `stage`'s map (default: the last stage's, every q-pooling applied)."""
     cfg = encoder.config
-    return math.prod(cfg.tokens_shape) // math.prod(cfg.q_stride) ** (len(cfg.stages) - 1)
+    stage = len(cfg.stages) - 1 if stage is None else stage
+    return math.prod(cfg.tokens_shape) // math.prod(cfg.q_stride) ** stage
 
 
 def _token_learner(learner: ttm.TokenLearner, tokens: int, dim: int) -> float:
@@ -132,7 +133,8 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
 
     Components: Hiera's (`hiera_flops`, all B*S patches), "in_proj", "box_embed", the TTM's
     (`ttm_step_flops`, B rows x S steps), "pages" (mean over each page's steps), "heads"
-    (window, page, document projections) and "loss/<term>" for each term with a non-zero
+    (window, page, document projections), "layout_head" (with the layout term; its focal loss is
+    elementwise) and "loss/<term>" for each SigLIP term with a non-zero
     weight: SigLIP logits of the n items of a level against the batch's n texts (n x n x
     embed_dim), and with bank terms against `bank` entries per level (an int for every level
     or {level: entries}), plus the bank's false-negative test (`objective.bank_exclusions`),
@@ -152,9 +154,13 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     out["pages"] = 2.0 * patches * pages * dim
     out["heads"] = (_linear(patches, model.window_head.proj) + _linear(batch * pages, model.page_head.proj)
                     + _linear(batch, model.doc_head.proj))
+    if model.layout_head is not None:
+        out["layout_head"] = _linear(patches * _hiera_tokens(model.encoder, model.layout_stage), model.layout_head.proj)
     items = {"window": patches, "page": batch * pages, "doc": batch}
     for name in objective.active_terms(cfg.loss):
         level = name.removeprefix("loss/").removesuffix("_bank")
+        if name == "loss/layout":  # elementwise on the head's logits: no products
+            continue
         if name.endswith("_bank"):
             k = _bank_entries(cfg.loss, level, bank)
             out[name] = out[f"{name}_exclusions"] = 2.0 * items[level] * k * embed_dim

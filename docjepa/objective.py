@@ -50,8 +50,9 @@ def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
     return {level: float(loss_cfg.bias_init) for level in counts}
 
 
-# The model outputs the terms score (what gradient accumulation caches per microbatch).
-EMBEDDINGS = ("window", "page", "doc")
+# The model outputs the terms score (what gradient accumulation caches per microbatch; "layout"
+# only where the layout head exists).
+EMBEDDINGS = ("window", "page", "doc", "layout")
 
 
 def _window(model, out, batch, cfg, mesh, bank):
@@ -71,6 +72,16 @@ def _page(model, out, batch, cfg, mesh, bank):
 def _doc(model, out, batch, cfg, mesh, bank):
     return _siglip(out["doc"], batch["doc_emb"], jnp.full(batch["doc_mask"].shape, -1, jnp.int32),
                    batch["doc_mask"], model.doc_scale, cfg.chunked, mesh)
+
+
+def _layout(model, out, batch, cfg, mesh, bank):
+    """Focal loss of the layout head's logits against the pseudo-layout cells (SelfDocSeg),
+    over the real windows of the batch."""
+    logits, target = out["layout"], batch["layout_mask"]
+    if logits.shape != target.shape:
+        raise ValueError(f"data.layout_grid: the pseudo-layout targets are {target.shape[2:]} cells per window, "
+                         f"the layout head's map (model.layout_stage) is {logits.shape[2:]}")
+    return losses.focal_loss(logits, target, cfg.focal_alpha, cfg.focal_gamma, mask=batch["step_mask"][..., None, None])
 
 
 def _bank_rows(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -133,6 +144,7 @@ TERMS: dict[str, Term] = {
     "loss/window": Term("window_weight", _window),   # window embedding <-> text under the window
     "loss/page": Term("page_weight", _page),         # page embedding <-> text of the page
     "loss/doc": Term("doc_weight", _doc),            # memory at a document's end <-> mean of its page texts
+    "loss/layout": Term("layout_weight", _layout),   # pseudo-layout regions per token of a Hiera stage
     # Text-bank negatives beside the batch (data/bank.py), with false negatives masked.
     "loss/window_bank": Term("window_bank_weight", _bank_term("window", "window", "window_scale",
                                                               lambda out, batch: batch["window_mask"])),

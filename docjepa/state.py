@@ -27,6 +27,12 @@ STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "window_emb", "
                "record_index", "window_rows", "page_index")  # the last three: text-bank masks
 
 
+def step_fields(cfg: mlc.ConfigDict) -> tuple[str, ...]:
+    """The batch fields the train step reads: STEP_FIELDS, and the pseudo-layout cells when the
+    layout term is on."""
+    return STEP_FIELDS + (("layout_mask",) if cfg.loss.layout_weight > 0 else ())
+
+
 def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int, bank_sizes: dict[str, int] | None = None) -> DocJEPA:
     return DocJEPA(cfg.model, embed_dim=embed_dim, loss_cfg=cfg.loss, rngs=nnx.Rngs(seed),
                    bias_init=objective.bias_inits(cfg.loss, cfg.data, bank_sizes))

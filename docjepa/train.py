@@ -63,14 +63,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     def loss_fn(params, batch, bank, memory):
         model, out = forward(params, batch, memory)
         total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh, bank)
-        return total, (terms, out["feature_means"], out.get("memory"))
+        return total, (terms, out["feature_means"], out.get("memory"), out["health"])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def embed(params, batch, memory):
         """The embeddings the loss reads (differentiable) and what rides beside them."""
         _, out = forward(params, batch, memory)
-        return {k: out[k] for k in objective.EMBEDDINGS}, (out["page_present"], out["feature_means"], out.get("memory"))
+        return {k: out[k] for k in objective.EMBEDDINGS if k in out}, (out["page_present"], out["feature_means"],
+                                                                        out.get("memory"), out["health"])
 
     def cached_grads(params, batch, bank, memory):
         """Gradient accumulation that keeps every negative of the global batch (GradCache, Gao et
@@ -82,7 +83,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])  # noqa: E731
         merge = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
         micro = jax.tree.map(split, (batch, memory))
-        _, (embs, (present, means, memory)) = jax.lax.scan(lambda _, xs: (None, embed(params, *xs)), None, micro)
+        _, (embs, (present, means, memory, health)) = jax.lax.scan(lambda _, xs: (None, embed(params, *xs)), None, micro)
         embs, present, memory = jax.tree.map(merge, (embs, present, memory))
 
         def loss_of(params, embs):
@@ -97,7 +98,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             return jax.tree.map(jnp.add, grads, vjp(d)[0]), None
 
         grads, _ = jax.lax.scan(backward, grads, (micro, jax.tree.map(split, d_embs)))
-        return loss, terms, jax.tree.map(lambda m: m.mean(axis=0), means), memory, grads
+        mean = lambda t: jax.tree.map(lambda m: m.mean(axis=0), t)  # noqa: E731
+        return loss, terms, mean(means), memory, mean(health), grads
 
     def step(state, batch, bank=None):
         params = state["params"]
@@ -106,9 +108,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             bank = objective.sample_bank(bank, jax.random.fold_in(jax.random.key(cfg.seed), state["step"]),
                                          cfg.loss.bank_size)
         if accum == 1:
-            (loss, (terms, means, memory)), grads = grad_fn(params, batch, bank, memory)
+            (loss, (terms, means, memory, health)), grads = grad_fn(params, batch, bank, memory)
         else:
-            loss, terms, means, memory, grads = cached_grads(params, batch, bank, memory)
+            loss, terms, means, memory, health, grads = cached_grads(params, batch, bank, memory)
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = update_running_means(optax.apply_updates(params, updates), means, cfg.model.center_momentum)
         grad_norm = optax.tree.norm(grads)
@@ -125,6 +127,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             "loss": loss, **terms, "grad_norm": grad_norm, "lr": schedule(state["step"]),
             "finite": finite.astype(jnp.float32),
             "patches": jnp.sum(batch["step_mask"]).astype(jnp.float32),
+            **{f"health/{k}": v for k, v in health.items()},
         }
         for level in ("window", "page", "doc"):
             scale = params[f"{level}_scale"]
@@ -197,7 +200,7 @@ def main(argv: list[str]) -> None:
         return factory.init_train_state(make_model(), tx, cfg.data.batch_size)
 
     # -------------------------------------------------------------------- step
-    batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in factory.STEP_FIELDS}  # leading dim; rest replicated
+    batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in factory.step_fields(cfg)}  # leading dim; rest replicated
     train_step = jax.jit(
         make_train_step(graphdef, tx, schedule, cfg, mesh),
         in_shardings=(state_sh, batch_sh, jax.tree.map(lambda a: a.sharding, text_bank)),
@@ -257,7 +260,7 @@ def main(argv: list[str]) -> None:
                 tracing = True
             t_data = time.perf_counter()
             local = next(train_iter)
-            batch = sharding.global_batch({k: local[k] for k in factory.STEP_FIELDS}, mesh)
+            batch = sharding.global_batch({k: local[k] for k in factory.step_fields(cfg)}, mesh)
             data_wait += time.perf_counter() - t_data
             if compiled is None:  # compile once, ahead of time, to read XLA's FLOP count beside ours
                 compiled = train_step.lower(state, batch, text_bank).compile()

@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     "data.batch_size": (_pos_int, "must be a positive integer"),
     "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
     "data.center_targets": _FLAG,
+    "data.layout_grid": (_nonneg_int, "must be a non-negative integer (0 = no pseudo-layout targets)"),
     # Hiera implements stochastic depth, but the train step runs the model deterministically
     # (no dropout RNG is threaded through the state yet): refuse rather than silently ignore.
     "model.hiera.drop_path_rate": (lambda v: v == 0, "must be 0 (stochastic depth is not wired into training)"),
@@ -86,6 +87,7 @@ RULES: dict[str, Rule] = {
     "model.ttm.num_layers": (_pos_int, "must be a positive integer"),
     "model.ttm.num_heads": (_pos_int, "must be a positive integer"),
     "model.ttm.dim": (_nonneg_int, "must be a non-negative integer (0 = Hiera's width)"),
+    "model.layout_stage": (_one_of(0, 1, 2, 3), "must be a Hiera stage index in 0..3"),
     "model.window_position": _FLAG,
     "model.center_features": _FLAG,
     "model.center_momentum": (_fraction, "must be in [0, 1)"),
@@ -94,6 +96,9 @@ RULES: dict[str, Rule] = {
     "loss.window_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.page_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.doc_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.layout_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.focal_alpha": (lambda v: _finite(v) and v <= 1, "must be <= 1 (< 0 turns alpha weighting off)"),
+    "loss.focal_gamma": (_nonneg_float, "must be a finite number >= 0"),
     "loss.window_bank_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.page_bank_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.bank_size": (_nonneg_int, "must be a non-negative integer (0 = the whole bank)"),
@@ -154,6 +159,9 @@ def check(cfg: mlc.ConfigDict, section: str) -> None:
         raise ConfigError(f"config.prepare.stride: must be in (0, window] (got {cfg.prepare.stride})")
     if section == "train" and cfg.data.batch_size % cfg.optim.grad_accum:
         raise ConfigError("config.optim.grad_accum: must divide data.batch_size")
+    if section == "train" and cfg.loss.layout_weight > 0 and not cfg.data.layout_grid:
+        raise ConfigError("config.data.layout_grid: must be > 0 when loss.layout_weight > 0 (the cells per window "
+                          "side of the layout head's map)")
     if section == "train":
         from docjepa import objective  # the term registry (imports jax; prepare needs neither)
 

@@ -151,6 +151,8 @@ def test_feature_centering_batch_mean_in_training_running_mean_after():
     patches, step_mask, page_ids, boxes = _inputs()
     out = model(patches, step_mask, page_ids, boxes, max_pages=2, train=True)
     means = out["feature_means"]
+    # The collapse monitor: random windows give a random-init encoder clearly distinct features.
+    assert 0.01 < float(out["health"]["encoder_spread"]) < 1.0
     assert set(means) == {"step_center", "doc_center"} and np.abs(np.asarray(means["step_center"])).max() > 0
     # Running mean still zero: evaluation does not centre yet, so it differs from training.
     ev = model(patches, step_mask, page_ids, boxes, max_pages=2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from docjepa.data import patchify, show
+from docjepa.data import patchify, pseudo_layout, show
 from docjepa.data.ocr import Document, LayoutElement, Page, Word
 from docjepa.data.record import encode_record
 
@@ -114,6 +114,7 @@ def test_show_cli_on_a_tiny_record(tmp_path):
     import cv2
 
     img, doc = _page_and_doc()
+    img[22:38, 22:78] = 0  # ink where the first word is, for the pseudo-layout mask
     wins = patchify.window_boxes(300, 448)
     ok, png = cv2.imencode(".png", img)
     rec = {
@@ -133,6 +134,13 @@ def test_show_cli_on_a_tiny_record(tmp_path):
     drawn = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(drawn, show.draw_page(img, wins, doc.pages[0].words, doc.pages[0].layout))
     assert show.read_record(show.record_files(tmp_path), 1)["doc_id"] == "train-00001.array_record"
+    # --pseudo_layout tints the page's pseudo-layout regions, and only them.
+    show.main([str(tmp_path), "--index", "1", "--out", str(out), "--pseudo_layout"])
+    tinted = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    regions = pseudo_layout.page_mask(img).astype(bool)
+    assert regions.any() and (tinted != drawn).any(axis=-1).sum() >= 0.5 * regions.sum()
+    np.testing.assert_array_equal(tinted, show.draw_page(img, wins, doc.pages[0].words, doc.pages[0].layout,
+                                                         pseudo_layout.page_mask(img)))
     with pytest.raises(SystemExit, match="--index 2: out of range"):
         show.main([str(tmp_path), "--index", "2", "--out", str(out)])
     with pytest.raises(SystemExit, match="--page 3: out of range"):

@@ -353,16 +353,20 @@ def test_preemption_agrees_across_processes_every_n_steps_only(monkeypatch):
 
 def test_grad_accumulation_keeps_the_whole_batch_negatives():
     """grad_accum=2 (GradCache) is the step of the whole batch: the same loss over all its
-    negatives (window, page, document and text-bank terms), the same gradient, update and
-    carried memory, as grad_accum=1. Centring off: it is the one per-microbatch statistic."""
+    negatives (window, page, document and text-bank terms; the pseudo-layout term too), the
+    same gradient, update and carried memory, as grad_accum=1. Centring off: it is the one
+    per-microbatch statistic."""
     cfg, dim = _cfg(bank=True), 16
     cfg.model.center_features = False
+    cfg.loss.layout_weight, cfg.data.layout_grid = 1.0, 28
     batch, bank = _batch(cfg, dim, seed=3), _bank(dim)
+    b, s = batch["step_mask"].shape
+    batch["layout_mask"] = (np.random.default_rng(4).random((b, s, 28, 28)) > 0.5).astype(np.uint8)
     mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
     whole = _one_step(cfg, mesh, batch, dim, bank)
     cfg.optim.grad_accum = 2
     accum = _one_step(cfg, mesh, batch, dim, bank)
-    for key in ("loss", "loss/window", "loss/page", "loss/doc", "loss/window_bank", "grad_norm"):
+    for key in ("loss", "loss/window", "loss/page", "loss/doc", "loss/window_bank", "loss/layout", "grad_norm"):
         np.testing.assert_allclose(accum[0][key], whole[0][key], rtol=2e-5, err_msg=key)
     # Adam's first moment (the clipped gradient) and the carried memory. Not the parameters:
     # Adam's first update is lr x g / (|g| + eps), which float noise flips where g is near 0.

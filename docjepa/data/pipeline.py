@@ -29,7 +29,7 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
-from docjepa.data import bank, patchify
+from docjepa.data import bank, patchify, pseudo_layout
 from docjepa.data.record import decode_record
 
 # Fields the pipeline needs from a record; the texts and the OCR JSON stay on disk (eval_batches
@@ -137,8 +137,9 @@ class _Spec:
     """Shapes of one example, fixed for a run."""
 
     def __init__(self, *, max_steps: int, max_pages: int, min_words: int, window: int, dim: int,
-                 mean: dict[str, np.ndarray] | None = None):
+                 mean: dict[str, np.ndarray] | None = None, layout_grid: int = 0):
         self.max_steps, self.max_pages, self.min_words = max_steps, max_pages, min_words
+        self.layout_grid = layout_grid
         self.window, self.dim = window, dim
         self.mean = mean or {"window": np.zeros(dim, np.float32), "page": np.zeros(dim, np.float32)}
 
@@ -168,6 +169,8 @@ class _Spec:
             "record_index": np.int32(-1),
             "chunk_index": np.int32(-1),
             "example_mask": np.bool_(False),
+            # Pseudo-layout cells of each window (data/pseudo_layout.py), with data.layout_grid.
+            **({"layout_mask": np.zeros((s, self.layout_grid, self.layout_grid), np.uint8)} if self.layout_grid else {}),
         }
 
     def doc_target(self, doc: dict[str, Any]) -> tuple[np.ndarray, bool]:
@@ -206,6 +209,9 @@ class _Spec:
             rows = np.flatnonzero(page_ids == i)
             page = _decode_png(png)
             patches[rows] = patchify.cut_windows(page, boxes[rows, 1:5])
+            if self.layout_grid:  # from the page as stored: the augmentation moves no pixel
+                cut = patchify.cut_windows(pseudo_layout.page_mask(page)[..., None], boxes[rows, 1:5])[..., 0]
+                ex["layout_mask"][rows] = pseudo_layout.cell_targets(cut, self.layout_grid)
             h, w = page.shape[:2]
             ex["window_box"][rows] = boxes[rows, 1:5] / np.array([w, h, w, h], np.float32)
         if rng is not None:
@@ -340,10 +346,13 @@ def _check_int(cfg: mlc.ConfigDict, name: str, minimum: int) -> int:
 
 
 def _spec(manifest: dict[str, Any], data_dir: str, max_steps: int, max_pages: int, min_words: int,
-          center: bool) -> _Spec:
+          center: bool, layout_grid: int = 0) -> _Spec:
     mean = {lv: bank.target_mean(manifest, lv, data_dir) for lv in bank.LEVELS} if center else None
-    return _Spec(max_steps=max_steps, max_pages=max_pages, min_words=min_words,
-                 window=int(manifest["window"]), dim=int(manifest["encoder"]["dim"]), mean=mean)
+    window = int(manifest["window"])
+    if layout_grid and window % layout_grid:
+        raise DataError(f"data.layout_grid: {layout_grid} cells do not divide the corpus's {window}-px windows")
+    return _Spec(max_steps=max_steps, max_pages=max_pages, min_words=min_words, window=window,
+                 dim=int(manifest["encoder"]["dim"]), mean=mean, layout_grid=layout_grid)
 
 
 def check_encoder(manifest: dict[str, Any], text_cfg: mlc.ConfigDict, data_dir: str) -> None:
@@ -372,7 +381,7 @@ def make_train_iterator(
     hosts' rows in process order, the same rows every step). Each epoch is reshuffled.
     """
     for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0),
-                          ("worker_count", 0), ("shuffle_buffer", 0)):
+                          ("worker_count", 0), ("shuffle_buffer", 0), ("layout_grid", 0)):
         _check_int(data_cfg, name, minimum)
     if not isinstance(local_batch_size, int) or local_batch_size < 1:
         raise DataError(f"local_batch_size: must be an integer >= 1, got {local_batch_size!r}")
@@ -391,7 +400,7 @@ def make_train_iterator(
         raise DataError(f"{data_dir}: split {data_cfg.train_split!r} has {len(source)} documents "
                         f"for {process_count} processes")
     spec = _spec(manifest, data_dir, data_cfg.max_steps, data_cfg.max_pages, data_cfg.min_words,
-                 data_cfg.center_targets)
+                 data_cfg.center_targets, data_cfg.layout_grid)
 
     ds = grain.MapDataset.range(len(source))[process_index::process_count]
     if data_cfg.shuffle_buffer:
@@ -417,6 +426,7 @@ def eval_batches(
     center: bool,
     max_examples: int | None = None,
     with_ocr: bool = False,
+    layout_grid: int = 0,
 ) -> DocStreams:
     """One deterministic pass over a split as `batch_size` document streams: records in order,
     each read whole, chunk after chunk, in one row; no augmentation.
@@ -427,11 +437,11 @@ def eval_batches(
     starts once that many chunks have been read, and the documents begun are read to the end.
     """
     cfg = mlc.ConfigDict({"max_steps": max_steps, "max_pages": max_pages, "min_words": min_words,
-                          "batch_size": batch_size})
-    for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0), ("batch_size", 1)):
+                          "batch_size": batch_size, "layout_grid": layout_grid})
+    for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0), ("batch_size", 1), ("layout_grid", 0)):
         _check_int(cfg, name, minimum)
     source = _source(data_dir, split)
-    spec = _spec(read_manifest(data_dir), data_dir, max_steps, max_pages, min_words, center)
+    spec = _spec(read_manifest(data_dir), data_dir, max_steps, max_pages, min_words, center, layout_grid)
     fields = _TRAIN_FIELDS | {"ocr_json"} if with_ocr else _TRAIN_FIELDS
     docs = grain.MapDataset.range(len(source)).random_map(_Load(source, fields), seed=0)
     return DocStreams(docs, batch_size, spec, augment=False, limit=max_examples, with_ocr=with_ocr)

@@ -1,6 +1,6 @@
 """Draw one stored page with its windows, word boxes and layout, to check a prepared data set by eye.
 
-    python -m docjepa.data.show RECORD_FILE_OR_DATA_DIR --index i --out page.png [--page p]
+    python -m docjepa.data.show RECORD_FILE_OR_DATA_DIR --index i --out page.png [--page p] [--pseudo_layout]
 
 A data directory is read through its manifest.json (`--split`, default train); `--index`
 counts records across the split's files in manifest order.
@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from docjepa import cli
+from docjepa.data import pseudo_layout
 from docjepa.data.ocr import Document, LayoutElement, Word
 from docjepa.data.record import decode_record
 
@@ -26,6 +27,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
             (70, 160, 160), (240, 50, 230), (128, 128, 0), (170, 110, 40), (0, 0, 128)]
 _WORD_COLOUR = (150, 150, 150)
 _LAYOUT_COLOUR = (200, 0, 0)
+_REGION_TINT = (255, 200, 0)
 
 
 def _label(img: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int]) -> None:
@@ -36,10 +38,14 @@ def _label(img: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, i
 
 
 def draw_page(image: np.ndarray, windows: np.ndarray, words: Sequence[Word],
-              layout: Sequence[LayoutElement]) -> np.ndarray:
+              layout: Sequence[LayoutElement], regions: np.ndarray | None = None) -> np.ndarray:
     """A copy of the RGB page with word boxes (thin grey), layout boxes (labelled with their
-    class) and windows (one colour each, labelled with their index within the page)."""
+    class) and windows (one colour each, labelled with their index within the page); with
+    `regions` (a pseudo-layout mask, data/pseudo_layout.py) its regions tinted."""
     out = np.ascontiguousarray(image[..., :3], dtype=np.uint8).copy()
+    if regions is not None:
+        inside = regions.astype(bool)
+        out[inside] = (0.6 * out[inside] + 0.4 * np.array(_REGION_TINT)).astype(np.uint8)
     for w in words:
         x0, y0, x1, y1 = (int(round(v)) for v in w.box)
         cv2.rectangle(out, (x0, y0), (x1, y1), _WORD_COLOUR, 1)
@@ -88,8 +94,8 @@ def read_record(files: Sequence[Path], index: int) -> dict[str, Any]:
     raise SystemExit(f"--index {start}: out of range ({start - index} records)")
 
 
-def render_record(rec: dict[str, Any], page: int) -> np.ndarray:
-    """draw_page for page `page` of a decoded record."""
+def render_record(rec: dict[str, Any], page: int, pseudo: bool = False) -> np.ndarray:
+    """draw_page for page `page` of a decoded record; with `pseudo`, its pseudo-layout mask."""
     pages = rec["pages_png"]
     if not 0 <= page < len(pages):
         raise SystemExit(f"--page {page}: out of range (document {rec.get('doc_id')!r} has {len(pages)} pages)")
@@ -99,7 +105,9 @@ def render_record(rec: dict[str, Any], page: int) -> np.ndarray:
     doc = Document.from_json(rec["ocr_json"])
     windows = np.asarray(rec["windows"]).reshape(-1, 5)
     p = doc.pages[page]
-    return draw_page(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), windows[windows[:, 0] == page, 1:], p.words, p.layout)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    regions = pseudo_layout.page_mask(rgb) if pseudo else None
+    return draw_page(rgb, windows[windows[:, 0] == page, 1:], p.words, p.layout, regions)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -109,9 +117,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--page", type=int, default=0, help="page within the document")
     ap.add_argument("--split", default="train", help="split to read from a data directory")
     ap.add_argument("--out", required=True, help="PNG to write")
+    ap.add_argument("--pseudo_layout", action="store_true", help="tint the page's pseudo-layout regions "
+                    "(the targets of loss.layout_weight)")
     args = ap.parse_args(argv)
     rec = read_record(record_files(args.path, args.split), args.index)
-    img = render_record(rec, args.page)
+    img = render_record(rec, args.page, args.pseudo_layout)
     if not cv2.imwrite(args.out, cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
         raise SystemExit(f"--out {args.out}: cannot write")
     texts = rec.get("window_text", [])

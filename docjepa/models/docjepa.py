@@ -49,6 +49,17 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis: int | tuple[int, ...]) -> j
     return jnp.sum(x * w, axis=axis) / jnp.maximum(jnp.sum(w, axis=axis), 1.0)
 
 
+class LayoutHead(nnx.Module):
+    """LayerNorm -> Dense to one logit per token of a stage map: is this cell inside a layout region?"""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.norm = layers.layer_norm(dim, rngs=rngs)
+        self.proj = layers.dense(dim, 1, ("embed", None), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(self.norm(layers.at_least_f32(x)))[..., 0]
+
+
 class BoxEmbedding(nnx.Module):
     """A window's box on its page (x0, y0, x1, y1 as fractions of the page) -> a vector added
     to the window's tokens.
@@ -68,6 +79,18 @@ class BoxEmbedding(nnx.Module):
         freqs = jnp.pi * 2.0 ** jnp.arange(self.num_freqs, dtype=jnp.float32)
         angles = (boxes.astype(jnp.float32)[..., None] * freqs).reshape(*boxes.shape[:-1], -1)
         return self.proj(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1))
+
+
+def token_spread(tokens: jax.Array, step_mask: jax.Array) -> jax.Array:
+    """How much Hiera's window features differ between windows: the RMS over channels of the
+    standard deviation, across the batch's real windows, of each window's mean token, over the
+    RMS of those features. Near 0 the encoder gives every window the same vector (collapse: what
+    reads it can only use the window's position); 0.048 at initialisation on the demo corpus."""
+    x = layers.at_least_f32(jax.lax.stop_gradient(tokens)).mean(axis=2)   # [B, S, C]
+    mu = masked_mean(x, step_mask, axis=(0, 1))
+    var = masked_mean(jnp.square(x - mu), step_mask, axis=(0, 1))
+    power = masked_mean(jnp.square(x), step_mask, axis=(0, 1))
+    return jnp.sqrt(jnp.mean(var) / jnp.maximum(jnp.mean(power), 1e-12))
 
 
 class RunningMean(nnx.Param):
@@ -131,6 +154,11 @@ class DocJEPA(nnx.Module):
             if cfg.ttm.use_memory
             else None
         )
+        # SelfDocSeg's dense signal: a per-token classifier of pseudo-layout regions on one stage's
+        # map (data/pseudo_layout.py), trained by the focal-loss term `loss/layout`.
+        self.layout_stage = cfg.layout_stage
+        self.layout_head = (LayoutHead(self.encoder.stage_dims[cfg.layout_stage], rngs=rngs)
+                            if loss_cfg.layout_weight > 0 else None)
         self.window_head = Head(dim, embed_dim, rngs=rngs)
         self.page_head = Head(dim, embed_dim, rngs=rngs)
         self.doc_head = Head(dim, embed_dim, rngs=rngs)
@@ -144,16 +172,14 @@ class DocJEPA(nnx.Module):
         x = (patches.astype(jnp.float32) - _MEAN) / _STD
         return x.reshape(-1, *patches.shape[-3:]).astype(self.dtype)
 
-    def encode_patches(self, patches: jax.Array, stage: int | None = None) -> tuple[jax.Array, jax.Array | None]:
-        """uint8 [..., H, W, 3] -> Hiera tokens [..., N, C] and, if `stage` is given, that
-        stage's feature map [..., h, w, C] (layout probes) from the same forward pass."""
+    def encode_patches(self, patches: jax.Array, stages: tuple[int, ...] = ()) -> tuple[jax.Array, dict[int, jax.Array]]:
+        """uint8 [..., H, W, 3] -> Hiera tokens [..., N, C] and the feature maps [..., h, w, C_s]
+        of the `stages` asked for (layout head, layout probe), from the same forward pass."""
         lead = patches.shape[:-3]
-        if stage is None:
-            tokens, feats = self.encoder(self._pixels(patches)), None
-        else:
-            tokens, stages = self.encoder(self._pixels(patches), return_intermediates=True)
-            feats = stages[stage].reshape(*lead, *stages[stage].shape[1:])
-        return tokens.reshape(*lead, *tokens.shape[1:]), feats
+        if not stages:
+            return self.encoder(self._pixels(patches)).reshape(*lead, -1, self.encoder.out_dim), {}
+        tokens, maps = self.encoder(self._pixels(patches), return_intermediates=True)
+        return tokens.reshape(*lead, *tokens.shape[1:]), {s: maps[s].reshape(*lead, *maps[s].shape[1:]) for s in stages}
 
     def initial_memory(self, batch: int) -> jax.Array | None:
         """The memory a document starts from, [batch, m, C] float32; None without the TTM."""
@@ -171,11 +197,16 @@ class DocJEPA(nnx.Module):
         chunk begins a document (they start from `memory_init`). "doc" is the document
         embedding after this chunk: the memory read out by the document head, or without the
         TTM (the no-memory ablation, which carries nothing) the mean of this chunk's steps.
+        With the layout head, "layout" [B, S, h, w]: its logits on stage `model.layout_stage`.
         With `trace`, "trace" [B, S, C] is the reader's state after each step: the mean memory
         token, or without the TTM the mean of the chunk's step features so far (memory probes).
         With `train`, features are centred on this batch and its means come back as
-        "feature_means" for `update_running_means`."""
-        tokens, feats = self.encode_patches(patches, stage)                # [B, S, N, C]
+        "feature_means" for `update_running_means`; "health" holds `token_spread` of Hiera's
+        output (logged as health/encoder_spread)."""
+        head_stage = () if self.layout_head is None else (self.layout_stage,)
+        stages = tuple(sorted(set(head_stage) | ({stage} if stage is not None else set())))
+        tokens, maps = self.encode_patches(patches, stages)                # [B, S, N, C]
+        health = {"encoder_spread": token_spread(tokens, step_mask)} if train else {}
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
         if self.box_embed is not None:
@@ -205,6 +236,7 @@ class DocJEPA(nnx.Module):
             "page_present": onehot.any(axis=1),
             **({} if self.ttm is None else {"memory": memory}),
             **({"trace": layers.at_least_f32(states[0])} if trace else {}),
-            **({} if feats is None else {"stage": feats}),
-            **({"feature_means": means} if train else {}),
+            **({} if stage is None else {"stage": maps[stage]}),
+            **({} if self.layout_head is None else {"layout": self.layout_head(maps[self.layout_stage])}),
+            **({"feature_means": means, "health": health} if train else {}),
         }

@@ -239,6 +239,8 @@ class Hiera(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.norm = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
         self.out_dim = dim
+        # Channels of each stage's map (`return_intermediates`): the dims blocks switch to.
+        self.stage_dims = tuple(blocks[e].attn.dim_out for e in self.stage_ends)
 
     def __call__(self, x: jax.Array, *, return_intermediates: bool = False, deterministic: bool = True
                  ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
