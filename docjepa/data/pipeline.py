@@ -381,7 +381,7 @@ def make_train_iterator(
     hosts' rows in process order, the same rows every step). Each epoch is reshuffled.
     """
     for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0),
-                          ("worker_count", 0), ("shuffle_buffer", 0), ("layout_grid", 0)):
+                          ("worker_count", 0), ("shuffle_buffer", 0)):
         _check_int(data_cfg, name, minimum)
     if not isinstance(local_batch_size, int) or local_batch_size < 1:
         raise DataError(f"local_batch_size: must be an integer >= 1, got {local_batch_size!r}")
@@ -399,8 +399,9 @@ def make_train_iterator(
     if len(source) < process_count:
         raise DataError(f"{data_dir}: split {data_cfg.train_split!r} has {len(source)} documents "
                         f"for {process_count} processes")
+    layout_grid = _check_int(data_cfg, "layout_grid", 0) if "layout_grid" in data_cfg else 0  # optional
     spec = _spec(manifest, data_dir, data_cfg.max_steps, data_cfg.max_pages, data_cfg.min_words,
-                 data_cfg.center_targets, data_cfg.layout_grid)
+                 data_cfg.center_targets, layout_grid)
 
     ds = grain.MapDataset.range(len(source))[process_index::process_count]
     if data_cfg.shuffle_buffer:
