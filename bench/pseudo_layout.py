@@ -17,6 +17,7 @@ import numpy as np
 
 from bench import common
 from docjepa.data import ocr, pipeline, pseudo_layout
+from docjepa.evals.common import mean_iou
 
 TITLE = "Pseudo-layout masks"
 COLUMNS = ("date", "machine", "command", "category", "pages", "ms/page", "mIoU vs true layout", "all-background mIoU")
@@ -41,8 +42,8 @@ def main() -> None:
             seconds[rec["category"]].append(time.perf_counter() - t0)
             if doc.pages[p].layout:
                 true = pseudo_layout.true_mask([el.box for el in doc.pages[p].layout], mask.shape)
-                ious[rec["category"]].append(pseudo_layout.iou(mask, true))
-                blank[rec["category"]].append(pseudo_layout.iou(np.zeros_like(true), true))
+                ious[rec["category"]].append(mean_iou(mask, true, 2)[0])
+                blank[rec["category"]].append(mean_iou(np.zeros_like(true), true, 2)[0])
     rows = []
     for cat in sorted(seconds) + ["all"]:
         pick = (lambda d: sum(d.values(), [])) if cat == "all" else (lambda d: d.get(cat, []))  # noqa: E731
