@@ -32,6 +32,7 @@ from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
 from docjepa import flops, metrics, sharding, state as factory, text, train, validate  # noqa: E402
+from docjepa.data import pipeline  # noqa: E402
 
 # Renamed when TFLOP/s and MFU moved from XLA's count to the analytic one: older rows stay under "Train step".
 TITLE = "Train step (analytic FLOPs)"
@@ -70,18 +71,24 @@ def text_width(cfg: mlc.ConfigDict) -> int:
     return text.EncoderConfig.from_json(model_dir / "config.json").hidden_size
 
 
-def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A full batch of the pipeline's step fields: every step valid, pages in order, distinct texts."""
+def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0,
+                 budget: pipeline.Budget | None = None) -> dict[str, np.ndarray]:
+    """A full batch of the pipeline's step fields: every step valid, pages in order, distinct
+    texts; under a window `budget`, the first `budget.windows` slots of each group of rows."""
     rng = np.random.default_rng(seed)
     b, s, p, w = cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages, cfg.prepare.window
     page_ids = np.broadcast_to(np.arange(s) * p // s, (b, s)).astype(np.int32)
+    step_mask = np.ones((b, s), bool)
+    if budget is not None:
+        step_mask = (np.arange(budget.rows * s) < budget.windows).reshape(budget.rows, s)
+        step_mask = np.tile(step_mask, (b // budget.rows, 1))
     return {
         "patches": rng.integers(0, 256, (b, s, w, w, 3), dtype=np.uint8),
-        "step_mask": np.ones((b, s), bool),
+        "step_mask": step_mask,
         "page_ids": page_ids,
         "window_box": np.broadcast_to(np.array([0.0, 0.0, 0.5, 0.35], np.float32), (b, s, 4)),
         "window_emb": rng.standard_normal((b, s, embed_dim), np.float32),
-        "window_mask": np.ones((b, s), bool),
+        "window_mask": step_mask,
         "window_text_id": np.arange(b * s, dtype=np.int32).reshape(b, s),
         "page_emb": rng.standard_normal((b, p, embed_dim), np.float32),
         "page_mask": np.ones((b, p), bool),
@@ -137,16 +144,19 @@ def compile_step(cfg: mlc.ConfigDict, embed_dim: int, mesh: jax.sharding.Mesh, b
 
 
 def measure(config: str, *, steps: int = 5, warmup: int = 1, batch: int = 0, max_steps: int = 0, dtype: str = "",
-            embed_dim: int = 0, bank: int = 4096) -> dict[str, Any]:
-    """Time the train step of `config` (overrides as in `setup`; `bank` entries per text-bank level).
+            embed_dim: int = 0, bank: int = 4096, window_capacity: float = 0.0) -> dict[str, Any]:
+    """Time the train step of `config` (overrides as in `setup`; `bank` entries per text-bank
+    level; `window_capacity` > 0 overrides data.window_capacity and fills the budget's slots).
 
     Returns the resolved config ("cfg"), "batch", "max_steps", "devices", "step_s" (median of
-    `steps` after `warmup`), "patches_per_s", "model_flops" (analytic, whole step), "xla_flops"
+    `steps` after `warmup`), "patches_per_s" (real windows), "model_flops" (analytic, whole step), "xla_flops"
     (XLA's cost analysis, per device), "model_tflops", "mfu" (None without a known peak) and
     "peak_bytes" (XLA's per-device peak)."""
     cfg, embed_dim, mesh = setup(config, batch=batch, max_steps=max_steps, dtype=dtype, embed_dim=embed_dim)
+    cfg.data.window_capacity = window_capacity or cfg.data.window_capacity
     text_bank = random_bank(cfg, embed_dim, bank, mesh)
-    data = sharding.global_batch(random_batch(cfg, embed_dim), mesh)
+    host = random_batch(cfg, embed_dim, budget=factory.window_budget(cfg, mesh, cfg.data.batch_size, cfg.optim.grad_accum))
+    data = sharding.global_batch(host, mesh)
     compiled, init_state = compile_step(cfg, embed_dim, mesh, data, text_bank)
     mem = common.compiled_memory(compiled)
     state = init_state()
@@ -161,7 +171,7 @@ def measure(config: str, *, steps: int = 5, warmup: int = 1, batch: int = 0, max
     peak = metrics.peak_flops(jax.devices()[0])
     return {
         "cfg": cfg, "batch": cfg.data.batch_size, "max_steps": cfg.data.max_steps, "devices": mesh.size,
-        "step_s": step_s, "patches_per_s": cfg.data.batch_size * cfg.data.max_steps / step_s,
+        "step_s": step_s, "patches_per_s": int(host["step_mask"].sum()) / step_s,
         "model_flops": model_flops, "xla_flops": flops.xla_flops(compiled),
         "model_tflops": model_flops / step_s / 1e12,
         "mfu": model_flops / mesh.size / step_s / peak if peak else None,
@@ -180,12 +190,14 @@ def main() -> None:
     parser.add_argument("--embed_dim", type=int, default=0,
                         help="text embedding width (0 = model.embed_dim, else the config's text encoder)")
     parser.add_argument("--bank", type=int, default=4096, help="text-bank entries per level (bank terms on)")
+    parser.add_argument("--window_capacity", type=float, default=0.0,
+                        help="data.window_capacity override (0 = the config's); the batch fills the budget's slots")
     parser.add_argument("--no_write", action="store_true", help="print only, do not touch BENCHMARKS.md")
     args = parser.parse_args()
 
     try:
         r = measure(args.config, steps=args.steps, warmup=args.warmup, batch=args.batch, max_steps=args.max_steps,
-                    dtype=args.dtype, embed_dim=args.embed_dim, bank=args.bank)
+                    dtype=args.dtype, embed_dim=args.embed_dim, bank=args.bank, window_capacity=args.window_capacity)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     device = jax.devices()[0]

@@ -45,6 +45,7 @@ def base() -> mlc.ConfigDict:
     c.data.max_pages = 4                 # pages per chunk
     c.data.min_words = 3                 # windows with fewer words are masked out of the loss
     c.data.batch_size = 8                # global batch: document streams, one chunk each per step
+    c.data.window_capacity = 1.0         # fraction of a step's window slots Hiera encodes (padding skipped)
     c.data.worker_count = 0              # threads that build a batch's examples (decode, cut, augment)
     c.data.augment = True
     c.data.shuffle_buffer = 0            # 0 = global index shuffle (grain MapDataset)

@@ -45,6 +45,9 @@ def production(*, hiera_name: str, ttm_heads: int, text_env: str, text_default: 
     c.data.max_steps = 64                     # windows per chunk (the gradient horizon); memory carries on
     c.data.max_pages = 4
     c.data.batch_size = 256                   # global: 256 x 64 = 16,384 patches per step
+    # A 1024-px letter page is 6 x 8 = 48 windows, so a chunk of whole pages fills 48 of its 64
+    # slots; Hiera encodes 80% of the slots, real windows packed (docs/data.md, "Window budget").
+    c.data.window_capacity = 0.8
     c.data.worker_count = 16                  # threads per host decode PNGs and cut patches
 
     c.model.hiera.name = hiera_name

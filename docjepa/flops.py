@@ -11,7 +11,8 @@ its zero-padded input, attention scores q.k and the weighted sum of values, Toke
 pooling, the page pooling, the SigLIP logits against the batch and the text bank).
 Ignored: elementwise work (norms, activations, softmax, residual adds, pooling maxima, the
 optimizer update): 3-6% of XLA's count at the widths of tests/test_flops.py, about 4% of it on
-the hiera_b_ttm step (BENCHMARKS.md), and not what MFU measures. Padded TTM steps and windows run in full and count.
+the hiera_b_ttm step (BENCHMARKS.md), and not what MFU measures. Padded TTM steps run in full and
+count; padded windows count where Hiera encodes them (every slot unless `data.window_capacity` < 1).
 
 Train step: model FLOPs = forward + backward, the backward of a product being two products of
 its size (gradients of both operands: 3 x forward overall, the 6N per token of PaLM, Chowdhery
@@ -32,6 +33,7 @@ import ml_collections as mlc
 from flax import nnx
 
 from docjepa import objective, state as factory
+from docjepa.data import pipeline
 from docjepa.models import hiera, ttm
 
 # Backward products per forward product where it is not 2: one operand is data (1), both are (0).
@@ -127,11 +129,18 @@ def abstract_model(cfg: mlc.ConfigDict, embed_dim: int) -> nnx.Module:
     return nnx.eval_shape(lambda: factory.build_model(cfg, embed_dim, cfg.seed))
 
 
+def encoded_windows(cfg: mlc.ConfigDict, batch: int, steps: int) -> int:
+    """The windows Hiera encodes per step: every slot, or under `data.window_capacity` the
+    packed slots of `pipeline.window_budget` (counted on one batch shard's rows)."""
+    budget = pipeline.window_budget(cfg.data.get("window_capacity", 1.0), batch, steps, 1, cfg.optim.grad_accum)
+    return batch * steps if budget is None else batch // budget.rows * budget.windows
+
+
 def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
                   bank: int | Mapping[str, int] = 0, model: nnx.Module | None = None) -> dict[str, float]:
     """Forward FLOPs of `batch` examples of `steps` windows, per component, plus "total".
 
-    Components: Hiera's (`hiera_flops`, all B*S patches), "in_proj", "box_embed", the TTM's
+    Components: Hiera's (`hiera_flops`, on the `encoded_windows`), "in_proj", "box_embed", the TTM's
     (`ttm_step_flops`, B rows x S steps), "pages" (mean over each page's steps), "heads"
     (window, page, document projections), "layout_head" (with the layout term; its focal loss is
     elementwise) and "loss/<term>" for each SigLIP term with a non-zero
@@ -142,7 +151,7 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     """
     model = model if model is not None else abstract_model(cfg, embed_dim)
     pages, patches = cfg.data.max_pages, batch * steps
-    out = {k: patches * v for k, v in hiera_flops(model.encoder).items()}
+    out = {k: encoded_windows(cfg, batch, steps) * v for k, v in hiera_flops(model.encoder).items()}
     tokens = _hiera_tokens(model.encoder)
     dim = model.window_head.proj.kernel.shape[0]
     if model.in_proj is not None:

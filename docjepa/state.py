@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from docjepa import objective, sharding
-from docjepa.data import bank
+from docjepa.data import bank, pipeline
 from docjepa.models import hiera, layers
 from docjepa.models.docjepa import DocJEPA
 
@@ -31,6 +31,13 @@ def step_fields(cfg: mlc.ConfigDict) -> tuple[str, ...]:
     """The batch fields the train step reads: STEP_FIELDS, and the pseudo-layout cells when the
     layout term is on."""
     return STEP_FIELDS + (("layout_mask",) if cfg.loss.layout_weight > 0 else ())
+
+
+def window_budget(cfg: mlc.ConfigDict, mesh: jax.sharding.Mesh, rows: int, accum: int = 1) -> pipeline.Budget | None:
+    """The window budget of `rows` stream rows on `mesh` (`pipeline.window_budget`): what the
+    streams keep each group of rows within, and what the model packs before Hiera."""
+    return pipeline.window_budget(cfg.data.get("window_capacity", 1.0), rows, cfg.data.max_steps,
+                                  mesh.shape["data"] * mesh.shape["fsdp"], accum)
 
 
 def build_model(cfg: mlc.ConfigDict, embed_dim: int, seed: int, bank_sizes: dict[str, int] | None = None) -> DocJEPA:

@@ -53,11 +53,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     horizon is one chunk, `data.max_steps` windows: the carried memory is an input of the step,
     not a function of the parameters). With `optim.grad_accum` > 1, `cached_grads`."""
     accum = cfg.optim.grad_accum
+    budget = factory.window_budget(cfg, mesh, cfg.data.batch_size, accum)
 
     def forward(params, batch, memory):
         model = nnx.merge(graphdef, params)
         out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                    max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True)
+                    max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True, pack=budget)
         return model, out
 
     def loss_fn(params, batch, bank, memory):
@@ -169,7 +170,11 @@ def main(argv: list[str]) -> None:
 
     # -------------------------------------------------------------------- data
     local_batch = cfg.data.batch_size // jax.process_count()
-    train_iter = pipeline.make_train_iterator(cfg.data, seed=cfg.seed, local_batch_size=local_batch)
+    budget = factory.window_budget(cfg, mesh, cfg.data.batch_size, cfg.optim.grad_accum)
+    train_iter = pipeline.make_train_iterator(cfg.data, seed=cfg.seed, local_batch_size=local_batch, budget=budget)
+    if budget:
+        log.info("window budget: Hiera encodes %d windows per group of %d rows (of %d slots)",
+                 budget.windows, budget.rows, budget.rows * cfg.data.max_steps)
     text_bank = factory.device_bank(cfg, manifest, mesh) if factory.uses_bank(cfg.loss) else None
     bank_sizes = {lv: int(np.sum(c["valid"])) for lv, c in text_bank.items()} if text_bank else None
     if text_bank:

@@ -72,6 +72,8 @@ RULES: dict[str, Rule] = {
     "data.max_pages": (_pos_int, "must be a positive integer"),
     "data.min_words": (_nonneg_int, "must be a non-negative integer"),
     "data.batch_size": (_pos_int, "must be a positive integer"),
+    "data.window_capacity": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+                              "must be a fraction in (0, 1]"),
     "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
     "data.center_targets": _FLAG,
     "data.layout_grid": (_nonneg_int, "must be a non-negative integer (0 = no pseudo-layout targets)"),

@@ -136,3 +136,29 @@ def test_bank_accumulation_and_remat():
     cfg.optim.grad_accum, cfg.model.hiera.remat = 1, True
     blocks = sum(v / 2 if k.endswith("/mlp") else v for k, v in f.items() if k.startswith("hiera/stage"))
     assert count() == base and count(hardware=True) == base + blocks
+
+
+def test_padding_windows_cost_no_encoder_flops():
+    """Under `data.window_capacity`, the compiled forward's FLOPs follow the windows Hiera
+    encodes, not the batch's slots: each slot left out removes one window's Hiera FLOPs."""
+    cfg = _config(steps=4)
+    cfg.data.batch_size = 4
+    model = flops.abstract_model(cfg, EMBED)
+    graphdef, state = nnx.split(model)
+    batch = random_batch(cfg, EMBED)
+    per_window = sum(flops.hiera_flops(model.encoder).values())
+
+    def compiled(windows: int | None) -> float:
+        def forward(s, b):
+            m = nnx.merge(graphdef, s)
+            return m(b["patches"], b["step_mask"], b["page_ids"], b["window_box"], max_pages=cfg.data.max_pages,
+                     pack=None if windows is None else (2, windows))["window"]
+        return _xla_flops(forward, state, batch)
+
+    dense, half, quarter = compiled(None), compiled(4), compiled(2)   # of 8 slots per group of 2 rows
+    assert _agrees(dense - half, 2 * 4 * per_window), (dense - half, 8 * per_window)
+    assert _agrees(half - quarter, 2 * 2 * per_window), (half - quarter, 4 * per_window)
+    cfg.data.window_capacity = 0.5
+    assert flops.encoded_windows(cfg, 4, 4) == 8
+    assert (flops.forward_flops(cfg, EMBED, 4, 4, model=model)["hiera/patch_embed"]
+            == 8 * flops.hiera_flops(model.encoder)["hiera/patch_embed"])

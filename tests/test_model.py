@@ -169,3 +169,29 @@ def test_feature_centering_batch_mean_in_training_running_mean_after():
     plain = factory.build_model(cfg, 16, 0)
     assert plain.step_center is None
     assert plain(patches, step_mask, page_ids, boxes, max_pages=2, train=True)["feature_means"] == {}
+
+
+def test_packed_encoding_equals_dense_on_real_windows():
+    """With a window budget, only the real windows go through Hiera (packed, then scattered
+    back); every output on real windows, pages, documents and the memory is the dense one."""
+    cfg = _cfg()
+    model = factory.build_model(cfg, 16, 0)
+    patches, step_mask, page_ids, boxes = _inputs()
+    step_mask[0, 1:] = False                                   # rows hold 1 and 2 real windows
+    page_ids = np.where(step_mask, page_ids, -1)
+
+    @nnx.jit(static_argnames="pack")
+    def forward(model, pack):
+        return model(patches, step_mask, page_ids, boxes, max_pages=2, pack=pack, trace=True)
+
+    dense = forward(model, None)
+    for pack in ((2, 3), (1, 3)):                              # one group of 3 slots; a group per row
+        packed = forward(model, pack)
+        np.testing.assert_allclose(packed["window"][step_mask], dense["window"][step_mask], atol=1e-5)
+        for key in ("page", "doc", "memory", "trace"):
+            np.testing.assert_allclose(packed[key], dense[key], atol=1e-5, err_msg=f"{key} {pack}")
+    budget = pipeline.window_budget(0.5, 8, 16, shards=2, accum=4)
+    assert budget == pipeline.Budget(rows=2, windows=16)       # rows shared by a shard and a microbatch
+    assert pipeline.window_budget(1.0, 8, 16) is None
+    with pytest.raises(pipeline.DataError, match="window_capacity"):
+        pipeline.window_budget(0.0, 8, 16)

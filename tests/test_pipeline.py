@@ -185,16 +185,19 @@ def test_eval_single_pass_and_max_examples(corpus):
 
 def _check_streams(batches):
     """Every row walks whole documents in order: chunk k + 1 of a record follows chunk k in the
-    same row; a record starts at chunk 0 with `reset` and ends with `doc_end`; padding resets."""
+    same row; a record starts at chunk 0 with `reset` and ends with `doc_end`. An example
+    without windows either waits for room under a window budget (no `reset`: the memory
+    carries through unchanged) or is padding after a document (`reset`)."""
     for row in range(len(batches[0]["reset"])):
         prev = None  # (record, chunk, ended) of the row's previous example
         for b in batches:
             ex, rec, k = bool(b["example_mask"][row]), int(b["record_index"][row]), int(b["chunk_index"][row])
             if not ex:
-                assert b["reset"][row] and not b["doc_end"][row]
-                assert prev is None or prev[2]  # a row only runs dry between documents
-                prev = None
-                continue
+                assert not b["doc_end"][row] and not b["step_mask"][row].any()
+                if b["reset"][row]:
+                    assert prev is None or prev[2]  # a row only runs dry between documents
+                    prev = None
+                continue  # a wait leaves the row where it was
             assert bool(b["reset"][row]) == (k == 0)
             if prev is not None and not prev[2]:
                 assert (rec, k) == (prev[0], prev[1] + 1)
@@ -202,6 +205,34 @@ def _check_streams(batches):
                 assert k == 0
             prev = (rec, k, bool(b["doc_end"][row]))
         assert prev is None or prev[2]
+
+
+def test_window_budget_holds_rows_back_and_loses_nothing(corpus):
+    """Under a budget of 4 windows per pair of rows (chunks of 2 or 4 windows), no pair ever
+    holds more; a row that does not fit waits, and every chunk is still read once, in order."""
+    budget = pipeline.Budget(rows=2, windows=4)
+    batches = list(pipeline.eval_batches(corpus, "train", batch_size=4, max_steps=4, max_pages=2, min_words=2,
+                                         center=False, budget=budget))
+    _check_streams(batches)
+    used = np.stack([b["step_mask"].sum(axis=1).reshape(2, 2).sum(axis=1) for b in batches])
+    assert used.max() <= 4
+    waits = sum(int((~b["example_mask"] & ~b["reset"]).sum()) for b in batches)
+    assert waits > 0  # the budget binds on this corpus
+    mask = np.concatenate([b["example_mask"] for b in batches])
+    seen = np.stack([np.concatenate([b[k] for b in batches])[mask] for k in ("record_index", "chunk_index")], 1)
+    assert sorted(map(tuple, seen.tolist())) == [(r, c) for r, n in enumerate(CHUNKS) for c in range(n)]
+    # Training streams under a budget resume exactly from their state (the turn included).
+    cfg = _cfg(corpus)
+    it = pipeline.make_train_iterator(cfg, seed=2, local_batch_size=4, process_index=0, process_count=1, budget=budget)
+    _take(it, 3)
+    state = it.get_state()
+    expected = _take(it, 3)
+    fresh = pipeline.make_train_iterator(cfg, seed=2, local_batch_size=4, process_index=0, process_count=1,
+                                         budget=budget)
+    fresh.set_state(state)
+    assert all(_same(x, y) for x, y in zip(expected, _take(fresh, 3)))
+    with pytest.raises(pipeline.DataError, match="window budget"):
+        pipeline.make_train_iterator(cfg, seed=2, local_batch_size=3, process_index=0, process_count=1, budget=budget)
 
 
 def test_train_streams_walk_whole_documents(corpus):

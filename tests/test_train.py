@@ -193,6 +193,13 @@ def test_step_carries_each_rows_memory_and_resets_new_documents(small_step):
     np.testing.assert_allclose(got[1], go_on[1], atol=1e-5)
     np.testing.assert_allclose(got[[0, 2, 3]], fresh[[0, 2, 3]], atol=1e-5)
     assert np.abs(go_on[1] - fresh[1]).max() > 1e-3  # the carry matters
+    # A row that waits for room under a window budget (no windows, no reset) keeps its memory.
+    wait = {k: v.copy() for k, v in second.items()}
+    for k in ("step_mask", "window_mask", "page_mask", "doc_mask", "reset"):
+        wait[k][1] = False
+    wait["page_ids"][1] = -1
+    waited, _ = step(after, wait)
+    np.testing.assert_array_equal(np.asarray(waited["memory"])[1], got[1])
 
 
 @pytest.mark.xdist_group("small_step")  # one compile of the shared step
@@ -278,7 +285,9 @@ def test_two_processes_train_checkpoint_and_resume(synth_corpus, tmp_path, jax_c
 
 @subprocess_group
 def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
-    args = ("--config.train.ckpt_every=2",)
+    # Under a window budget (6 of the 8 slots of a step): rows wait and Hiera sees packed
+    # windows, and the resume still restores the streams' turn exactly.
+    args = ("--config.train.ckpt_every=2", "--config.data.window_capacity=0.75")
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     r = tu.run(tu.train_cmd(synth_corpus, straight, 6, *args), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -290,6 +299,7 @@ def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
     assert 6 not in tu.checkpoint_steps(crashed)
     r = tu.run(tu.train_cmd(synth_corpus, crashed, 6, *args), cache=jax_cache)
     assert r.returncode == 0 and "resumed from step" in r.stderr
+    assert "window budget: Hiera encodes 6 windows per group of 2 rows" in r.stderr
     a, b = tu.load_params(straight, 6), tu.load_params(crashed, 6)
     assert a.keys() == b.keys() and "['memory']" in a  # parameters and the carried TTM memory
     for k in a:
@@ -298,7 +308,8 @@ def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
     # memory restored from step 4 was carried on, not reset.
     data = demo.get_config("quick").data  # as tu.FAST trains
     data.dir, data.max_steps, data.max_pages = str(synth_corpus), 4, 2
-    it = pipeline.make_train_iterator(data, seed=0, local_batch_size=2, process_index=0, process_count=1)
+    it = pipeline.make_train_iterator(data, seed=0, local_batch_size=2, process_index=0, process_count=1,
+                                      budget=pipeline.window_budget(0.75, 2, 4))
     it.set_state(tu.data_state(crashed, 4))
     assert not next(it)["reset"].all()
 

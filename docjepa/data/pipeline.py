@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import grain
@@ -242,6 +243,33 @@ class _Spec:
         return ex
 
 
+class Budget(NamedTuple):
+    """At most `windows` real windows per step in each group of `rows` consecutive stream rows:
+    the model packs a group's real windows into `windows` slots before Hiera (padding costs no
+    encoder FLOPs), and the streams hold a row's next chunk back a step where it would not fit."""
+
+    rows: int
+    windows: int
+
+
+def window_budget(capacity: float, batch_rows: int, steps: int, shards: int = 1, accum: int = 1) -> Budget | None:
+    """The `Budget` for `data.window_capacity` (the fraction of a step's window slots Hiera
+    encodes) on a batch of `batch_rows` x `steps` slots, `shards` batch shards of the mesh and
+    `optim.grad_accum` microbatches; None where it would encode every slot anyway.
+
+    A group is the rows common to one batch shard and one microbatch (so packing never moves a
+    window across devices or microbatches), and has room for at least one full chunk (so every
+    row makes progress)."""
+    if not 0 < capacity <= 1:
+        raise DataError(f"data.window_capacity: must be in (0, 1], got {capacity!r}")
+    if batch_rows % shards or batch_rows % accum:
+        raise DataError(f"data.batch_size: {batch_rows} rows do not split into {shards} batch shards "
+                        f"and {accum} microbatches")
+    rows = math.gcd(batch_rows // shards, batch_rows // accum)
+    windows = max(steps, math.ceil(capacity * rows * steps))
+    return Budget(rows, windows) if windows < rows * steps else None
+
+
 class _Load(grain.transforms.RandomMap):
     """Record index -> decoded document plus a per-(epoch, index) augmentation seed."""
 
@@ -260,20 +288,25 @@ class DocStreams(grain.DatasetIterator):
 
     Each row emits its document's next chunk; when the document is done it takes the next
     unread document (`reset` set on that example). A row with nothing left to read emits
-    padding (`example_mask` False); iteration stops when every row is padding. With `limit`,
-    no document starts once that many chunks have been emitted (evaluation on a budget).
-    `threads` build a batch's examples in parallel (decode, cut, augment); the output does
-    not depend on it.
+    padding (`example_mask` False); iteration stops when every row is padding. With a
+    `budget`, a group's chunks are taken in a turn that rotates every step while they fit in
+    its windows; a row whose chunk does not fit waits a step (padding with `reset` False, so its
+    memory carries through unchanged). With `limit`, no document starts once that many chunks
+    have been emitted or queued (evaluation on a budget). `threads` build a batch's examples in
+    parallel (decode, cut, augment); the output does not depend on it.
     """
 
     def __init__(self, docs: grain.MapDataset, rows: int, spec: _Spec, *, augment: bool, threads: int = 0,
-                 limit: int | None = None, with_ocr: bool = False):
+                 limit: int | None = None, with_ocr: bool = False, budget: Budget | None = None):
         super().__init__()
+        if budget is not None and (rows % budget.rows or budget.windows < spec.max_steps):
+            raise DataError(f"window budget {budget}: must split {rows} rows into groups and hold a "
+                            f"{spec.max_steps}-window chunk")
         self._docs, self._spec, self._augment = docs, spec, augment
-        self._limit, self._with_ocr = limit, with_ocr
+        self._limit, self._with_ocr, self._budget = limit, with_ocr, budget
         self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads else None
-        self._next, self._emitted = 0, 0
-        self._rows: list[tuple[int, int]] = [(-1, -1)] * rows  # (document position, chunk) last emitted
+        self._next, self._emitted, self._turn = 0, 0, 0
+        self._rows: list[tuple[int, int]] = [(-1, -1)] * rows  # (document position, chunk) each row emits next
         self._cache: dict[int, list[dict[str, Any]]] = {}
 
     def _chunks(self, pos: int) -> list[dict[str, Any]]:
@@ -281,21 +314,37 @@ class DocStreams(grain.DatasetIterator):
             self._cache[pos] = self._spec.chunks(self._docs[pos])
         return self._cache[pos]
 
-    def _advance(self, row: int) -> None:
-        pos, k = self._rows[row]
-        if pos >= 0 and k + 1 < len(self._chunks(pos)):
-            self._rows[row] = (pos, k + 1)
-            return
-        self._rows[row] = (-1, -1)
-        while self._next < len(self._docs) and (self._limit is None or self._emitted < self._limit):
+    def _start(self, row: int, queued: int) -> None:
+        """Give an idle row the next unread document that has windows."""
+        while self._next < len(self._docs) and (self._limit is None or self._emitted + queued < self._limit):
             pos, self._next = self._next, self._next + 1
             if self._chunks(pos):  # a document without windows is skipped
                 self._rows[row] = (pos, 0)
                 return
 
-    def _example(self, chunk: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    def _chosen(self) -> list[bool]:
+        """Which rows emit their chunk this step: all with one, or under the budget, those that
+        fit their group's windows, taken in this step's turn (the first always fits)."""
+        sizes = [self._chunks(pos)[k]["end"] - self._chunks(pos)[k]["start"] if pos >= 0 else 0
+                 for pos, k in self._rows]
+        chosen = [n > 0 for n in sizes]
+        if self._budget is None:
+            return chosen
+        g = self._budget.rows
+        for first in range(0, len(sizes), g):
+            used = 0
+            for i in range(g):
+                row = first + (self._turn + i) % g
+                if chosen[row] and used + sizes[row] > self._budget.windows:
+                    chosen[row] = False
+                else:
+                    used += sizes[row]
+        return chosen
+
+    def _example(self, chunk: dict[str, Any] | None, waits: bool = False) -> dict[str, np.ndarray]:
         if chunk is None:
             ex = self._spec.empty()
+            ex["reset"] = np.bool_(not waits)
         else:
             rng = (np.random.default_rng([chunk["doc"]["aug_seed"], chunk["chunk_index"]])
                    if self._augment else None)
@@ -305,31 +354,41 @@ class DocStreams(grain.DatasetIterator):
         return ex
 
     def __next__(self) -> dict[str, np.ndarray]:
-        ids = []  # a running id per emitted chunk, -1 on padding
+        queued = 0
         for row in range(len(self._rows)):
-            self._advance(row)
-            live = self._rows[row][0] >= 0
-            ids.append(self._emitted if live else -1)
-            self._emitted += live
-        rows = {pos for pos, _ in self._rows if pos >= 0}
-        for pos in set(self._cache) - rows:
-            del self._cache[pos]
-        if not rows:
+            if self._rows[row][0] < 0:
+                self._start(row, queued)
+            queued += self._rows[row][0] >= 0
+        if all(pos < 0 for pos, _ in self._rows):
             raise StopIteration
-        chunks = [self._chunks(pos)[k] if pos >= 0 else None for pos, k in self._rows]
-        examples = list(self._pool.map(self._example, chunks) if self._pool else map(self._example, chunks))
-        for ex, i in zip(examples, ids):
-            ex["example_index"] = np.int32(i)
+        chosen = self._chosen()
+        chunks = [self._chunks(pos)[k] if go else None for (pos, k), go in zip(self._rows, chosen)]
+        waits = [pos >= 0 and not go for (pos, _), go in zip(self._rows, chosen)]
+        examples = list(self._pool.map(self._example, chunks, waits) if self._pool
+                        else map(self._example, chunks, waits))
+        for row, (ex, go) in enumerate(zip(examples, chosen)):
+            ex["example_index"] = np.int32(self._emitted if go else -1)
+            self._emitted += go
+            if go:
+                pos, k = self._rows[row]
+                self._rows[row] = (pos, k + 1) if k + 1 < len(self._chunks(pos)) else (-1, -1)
+        self._turn += 1
+        for pos in set(self._cache) - {pos for pos, _ in self._rows}:
+            del self._cache[pos]
         return _stack(examples)
 
     def get_state(self) -> dict[str, Any]:
-        return {"next": self._next, "emitted": self._emitted, "rows": [list(r) for r in self._rows]}
+        return {"next": self._next, "emitted": self._emitted, "turn": self._turn,
+                "rows": [list(r) for r in self._rows]}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if len(state["rows"]) != len(self._rows):
             raise DataError(f"data iterator state: {len(state['rows'])} rows, this run has {len(self._rows)} "
                             "(the global batch size or the process count changed)")
-        self._next, self._emitted = int(state["next"]), int(state["emitted"])
+        if "turn" not in state:
+            raise DataError("data iterator state: written by an older docjepa (no 'turn'); its rows mean the "
+                            "last chunk emitted, not the next one: restart the data from a fresh run")
+        self._next, self._emitted, self._turn = int(state["next"]), int(state["emitted"]), int(state["turn"])
         self._rows = [(int(p), int(k)) for p, k in state["rows"]]
         self._cache.clear()
 
@@ -373,8 +432,10 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     num_epochs: int | None = None,
+    budget: Budget | None = None,
 ) -> DocStreams:
-    """This process's training batches (infinite unless `num_epochs`), checkpointable.
+    """This process's training batches (infinite unless `num_epochs`), checkpointable; with a
+    `budget` (`window_budget`), each group of rows stays within its windows.
 
     Documents are split across processes before shuffling, so hosts read disjoint records and
     each host's `local_batch_size` rows are its own streams (the global batch's rows are the
@@ -409,7 +470,8 @@ def make_train_iterator(
     else:
         ds = ds.shuffle(seed=seed)
     docs = ds.repeat(num_epochs).random_map(_Load(source), seed=seed)
-    return DocStreams(docs, local_batch_size, spec, augment=bool(data_cfg.augment), threads=data_cfg.worker_count)
+    return DocStreams(docs, local_batch_size, spec, augment=bool(data_cfg.augment), threads=data_cfg.worker_count,
+                      budget=budget)
 
 
 def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -428,6 +490,7 @@ def eval_batches(
     max_examples: int | None = None,
     with_ocr: bool = False,
     layout_grid: int = 0,
+    budget: Budget | None = None,
 ) -> DocStreams:
     """One deterministic pass over a split as `batch_size` document streams: records in order,
     each read whole, chunk after chunk, in one row; no augmentation.
@@ -445,7 +508,7 @@ def eval_batches(
     spec = _spec(read_manifest(data_dir), data_dir, max_steps, max_pages, min_words, center, layout_grid)
     fields = _TRAIN_FIELDS | {"ocr_json"} if with_ocr else _TRAIN_FIELDS
     docs = grain.MapDataset.range(len(source)).random_map(_Load(source, fields), seed=0)
-    return DocStreams(docs, batch_size, spec, augment=False, limit=max_examples, with_ocr=with_ocr)
+    return DocStreams(docs, batch_size, spec, augment=False, limit=max_examples, with_ocr=with_ocr, budget=budget)
 
 
 def load_record(data_dir: str, split: str, record_index: int, *, pages: bool = True) -> dict[str, Any]:

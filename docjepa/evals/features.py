@@ -113,11 +113,13 @@ class FeatureExtractor:
         self.cfg, self.mesh, self.layout, self.trace = cfg, mesh, layout, trace
         stage = cfg.evals.layout_stage if layout else None
         loss_cfg = _eval_loss(cfg.loss)
+        self.budget = factory.window_budget(cfg, mesh, cfg.evals.batch_size)
 
         def forward(params, batch, memory):
             model = nnx.merge(graphdef, params)
             out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                        max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], stage=stage, trace=trace)
+                        max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], stage=stage, trace=trace,
+                        pack=self.budget)
             loss, _ = objective.loss_terms(model, out, batch, loss_cfg)
             keep = {k: out[k] for k in ("window", "page", "doc", "trace") if k in out}
             if layout:
@@ -146,7 +148,7 @@ class FeatureExtractor:
         batches = pipeline.eval_batches(
             data_dir, split, batch_size=self.cfg.evals.batch_size, max_steps=self.cfg.data.max_steps,
             max_pages=self.cfg.data.max_pages, min_words=self.cfg.data.min_words,
-            center=self.cfg.data.center_targets, max_examples=max_examples, with_ocr=self.layout)
+            center=self.cfg.data.center_targets, max_examples=max_examples, with_ocr=self.layout, budget=self.budget)
         memory = self._start_memory(params)
         for batch in tqdm(batches, desc=desc, disable=not sys.stderr.isatty()):
             local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in factory.STEP_FIELDS}

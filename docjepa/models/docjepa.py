@@ -181,13 +181,37 @@ class DocJEPA(nnx.Module):
         tokens, maps = self.encoder(self._pixels(patches), return_intermediates=True)
         return tokens.reshape(*lead, *tokens.shape[1:]), {s: maps[s].reshape(*lead, *maps[s].shape[1:]) for s in stages}
 
+    def encode_valid(self, patches: jax.Array, step_mask: jax.Array, stages: tuple[int, ...] = (),
+                     pack: tuple[int, int] | None = None) -> tuple[jax.Array, dict[int, jax.Array]]:
+        """`encode_patches` of [B, S] windows where, with `pack` = (rows, windows), only the first
+        `windows` slots of each group of `rows` rows, real windows first, go through Hiera; the
+        rest come back as zeros. The data pipeline (`pipeline.Budget`) keeps every real window
+        within those slots, so padding costs no encoder FLOPs and the result on real windows is
+        the unpacked one."""
+        if pack is None:
+            return self.encode_patches(patches, stages)
+        (b, s), (rows, windows) = step_mask.shape, pack
+        groups = b // rows
+        order = jnp.argsort(jnp.logical_not(step_mask).reshape(groups, rows * s).astype(jnp.int32), axis=1,
+                            stable=True)[:, :windows]                               # [G, w] slot of each packed window
+        flat = patches.reshape(groups, rows * s, *patches.shape[2:])
+        tokens, maps = self.encode_patches(jnp.take_along_axis(flat, order[:, :, None, None, None], axis=1), stages)
+        group = jnp.arange(groups)[:, None]
+
+        def scatter(x: jax.Array) -> jax.Array:  # [G, w, ...] -> [B, S, ...], zeros where not encoded
+            full = jnp.zeros((groups, rows * s, *x.shape[2:]), x.dtype).at[group, order].set(x)
+            return full.reshape(b, s, *x.shape[2:])
+
+        return scatter(tokens), {k: scatter(v) for k, v in maps.items()}
+
     def initial_memory(self, batch: int) -> jax.Array | None:
         """The memory a document starts from, [batch, m, C] float32; None without the TTM."""
         return None if self.ttm is None else self.ttm.initial_memory(batch)
 
     def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, boxes: jax.Array, *,
                  max_pages: int, memory: jax.Array | None = None, reset: jax.Array | None = None,
-                 stage: int | None = None, trace: bool = False, train: bool = False) -> dict[str, jax.Array]:
+                 stage: int | None = None, trace: bool = False, train: bool = False,
+                 pack: tuple[int, int] | None = None) -> dict[str, jax.Array]:
         """Embeddings per step, page and document; the memory to carry; with `stage`, that
         Hiera stage's maps.
 
@@ -202,10 +226,10 @@ class DocJEPA(nnx.Module):
         token, or without the TTM the mean of the chunk's step features so far (memory probes).
         With `train`, features are centred on this batch and its means come back as
         "feature_means" for `update_running_means`; "health" holds `token_spread` of Hiera's
-        output (logged as health/encoder_spread)."""
+        output (logged as health/encoder_spread). `pack`: see `encode_valid`."""
         head_stage = () if self.layout_head is None else (self.layout_stage,)
         stages = tuple(sorted(set(head_stage) | ({stage} if stage is not None else set())))
-        tokens, maps = self.encode_patches(patches, stages)                # [B, S, N, C]
+        tokens, maps = self.encode_valid(patches, step_mask, stages, pack)  # [B, S, N, C]
         health = {"encoder_spread": token_spread(tokens, step_mask)} if train else {}
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
