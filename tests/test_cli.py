@@ -22,6 +22,8 @@ CASES = {
                      "error: --config: configs/missing.py: no such config file"),
     "docjepa.scaling": (["--sweep", "configs/missing.py:cpu", "--out", "{tmp}/study"],
                         "error: flag --sweep=configs/missing.py:cpu: no such config file"),
+    "docjepa.export": (["--workdir", "{tmp}/run", "--out", "{tmp}/export"],
+                       "error: {tmp}/run/config.json: missing (is {tmp}/run a docjepa workdir?)"),
     "docjepa.data.show": (["{tmp}/data", "--config.foo=1", "--out", "{tmp}/page.png"],
                           "error: unrecognized arguments: --config.foo=1"),
 }
@@ -32,7 +34,7 @@ def test_entry_point_mistake_is_one_line_and_exit_2(module, tmp_path):
     args, line = CASES[module]
     cmd = [sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in args)]
     r = subprocess.run(cmd, cwd=train_utils.ROOT, env=train_utils.env(), capture_output=True, text=True, timeout=120)
-    assert (r.returncode, r.stderr.strip().splitlines()) == (2, [line]), r.stderr[-3000:]
+    assert (r.returncode, r.stderr.strip().splitlines()) == (2, [line.format(tmp=tmp_path)]), r.stderr[-3000:]
     assert not list(tmp_path.iterdir())  # nothing was started
 
 

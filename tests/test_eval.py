@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import train_utils as tu
+from docjepa import export
 from docjepa.evals import common, features, prior, report
 from docjepa.data import ocr
 
@@ -124,3 +125,22 @@ def test_eval_cli_end_to_end(synth_corpus, tmp_path, jax_cache):
     other = json.loads((wd / "eval" / synth_corpus.name / "step_2.json").read_text())
     assert "retrieval/page/i2t_r1" in other and "random_init/val/loss" not in other
     assert json.loads((wd / "eval" / "step_2.json").read_text()) == result
+    # The trained encoder leaves for PyTorch: transformers' HieraModel loads the export and
+    # computes the restored model's Hiera features; the rest of the model rides beside it.
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import HieraModel
+
+    r = tu.run([sys.executable, "-m", "docjepa.export", f"--workdir={wd}", f"--out={tmp_path / 'export'}"])
+    assert r.returncode == 0 and "exported step 2" in r.stdout, r.stderr[-3000:]
+    theirs = HieraModel.from_pretrained(tmp_path / "export").eval()
+    ours, step = export.restore_model(str(wd))
+    image = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+    with torch.no_grad():
+        out = theirs(torch.tensor(image.transpose(0, 3, 1, 2)))
+        ref = theirs.pooler.layernorm(out.last_hidden_state).numpy()
+    assert step == 2
+    np.testing.assert_allclose(np.asarray(ours.encoder(image)), ref, atol=1e-4)
+    rest = load_file(tmp_path / "export" / "docjepa.safetensors")
+    assert "ttm/memory_init" in rest and "window_head/proj/kernel" in rest and not any(k.startswith("encoder") for k in rest)
+    np.testing.assert_array_equal(rest["ttm/memory_init"], np.asarray(ours.ttm.memory_init[...]))

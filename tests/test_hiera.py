@@ -235,3 +235,30 @@ def test_bad_input_shape_and_names(tiny):
         hiera.create("hiera_tiny_test", depth=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"HieraConfig\.num_heads"):
         hiera.create("hiera_tiny_test", num_heads=3, rngs=nnx.Rngs(0))
+
+
+def test_export_to_hf_hiera_gives_the_same_features(tmp_path, images):
+    """Our weights under HF's names and config (what `python -m docjepa.export` writes) load
+    into transformers' HieraModel, which then computes our encoder's features."""
+    import json
+
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import HieraModel
+
+    model = hiera.create("hiera_tiny_test", embed_dim=32, num_heads=2, stages=(1, 2, 2, 1), rngs=nnx.Rngs(3))
+    meta = hiera.meta_state_dict(model)
+    probe = hiera.create("hiera_tiny_test", embed_dim=32, num_heads=2, stages=(1, 2, 2, 1), rngs=nnx.Rngs(4))
+    hiera.load_torch_state_dict(probe, meta)  # the inverse of the load: a round trip is exact
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(probe, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    save_file(hiera.meta_to_hf_names(meta, model.config.stages), str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text(json.dumps(hiera.hf_config(model.config)))
+    theirs = HieraModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        out = theirs(torch.tensor(np.asarray(images).transpose(0, 3, 1, 2)))
+        ref = theirs.pooler.layernorm(out.last_hidden_state).numpy()
+    tokens, stages = _forward(model, images)
+    np.testing.assert_allclose(np.asarray(tokens), ref, atol=1e-4)
+    np.testing.assert_allclose(model.norm(stages[-1].mean(axis=(1, 2))), out.pooler_output.numpy(), atol=1e-4)

@@ -292,7 +292,8 @@ def param_count(model: nnx.Module) -> int:
 # ---------------------------------------------------------------------------------------------
 # Meta's PyTorch weights.
 
-_Target = tuple[nnx.Variable, tuple[int, ...], Callable[[np.ndarray], np.ndarray]]
+# (our variable, the PyTorch shape, PyTorch -> our layout, our -> PyTorch layout)
+_Target = tuple[nnx.Variable, tuple[int, ...], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
 
 def _identity(a: np.ndarray) -> np.ndarray:
@@ -300,22 +301,22 @@ def _identity(a: np.ndarray) -> np.ndarray:
 
 
 def _meta_targets(model: Hiera) -> dict[str, _Target]:
-    """Meta's key -> (our variable, the PyTorch shape, PyTorch -> our layout)."""
+    """Meta's key -> (our variable, the PyTorch shape, PyTorch -> our layout, and back)."""
     targets: dict[str, _Target] = {}
 
     def linear(prefix: str, lin: nnx.Linear):
-        targets[f"{prefix}.weight"] = (lin.kernel, lin.kernel.shape[::-1], np.transpose)
-        targets[f"{prefix}.bias"] = (lin.bias, lin.bias.shape, _identity)
+        targets[f"{prefix}.weight"] = (lin.kernel, lin.kernel.shape[::-1], np.transpose, np.transpose)
+        targets[f"{prefix}.bias"] = (lin.bias, lin.bias.shape, _identity, _identity)
 
     def norm(prefix: str, ln: nnx.LayerNorm):
-        targets[f"{prefix}.weight"] = (ln.scale, ln.scale.shape, _identity)
-        targets[f"{prefix}.bias"] = (ln.bias, ln.bias.shape, _identity)
+        targets[f"{prefix}.weight"] = (ln.scale, ln.scale.shape, _identity, _identity)
+        targets[f"{prefix}.bias"] = (ln.bias, ln.bias.shape, _identity, _identity)
 
     kh, kw, cin, cout = model.patch_embed.kernel.shape
     targets["patch_embed.proj.weight"] = (model.patch_embed.kernel, (cout, cin, kh, kw),
-                                          lambda a: a.transpose(2, 3, 1, 0))
-    targets["patch_embed.proj.bias"] = (model.patch_embed.bias, (cout,), _identity)
-    targets["pos_embed"] = (model.pos_embed, (1, *model.pos_embed.shape), lambda a: a[0])
+                                          lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1))
+    targets["patch_embed.proj.bias"] = (model.patch_embed.bias, (cout,), _identity, _identity)
+    targets["pos_embed"] = (model.pos_embed, (1, *model.pos_embed.shape), lambda a: a[0], lambda a: a[None])
     for i, block in enumerate(model.blocks):
         norm(f"blocks.{i}.norm1", block.norm1)
         linear(f"blocks.{i}.attn.qkv", block.attn.qkv)
@@ -356,8 +357,15 @@ def load_torch_state_dict(model: Hiera, state_dict: Mapping[str, Any], *,
         problems.append(f"{len(mismatched)} with the wrong shape (given != expected): {_listing(mismatched)}")
     if problems:
         raise ValueError("Hiera state dict does not match the model: " + "; ".join(problems))
-    for key, (var, _, to_ours) in targets.items():
+    for key, (var, _, to_ours, _) in targets.items():
         var[...] = jnp.asarray(to_ours(np.asarray(state_dict[key], dtype=np.float32)), dtype=var.dtype)
+
+
+def meta_state_dict(model: Hiera) -> dict[str, np.ndarray]:
+    """`model`'s weights under Meta's names and PyTorch layouts (float32): what
+    `load_torch_state_dict` reads, so the two are inverses."""
+    return {key: np.ascontiguousarray(from_ours(np.asarray(var[...], np.float32)))
+            for key, (var, _, _, from_ours) in _meta_targets(model).items()}
 
 
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
@@ -386,6 +394,39 @@ _HF_RENAMES = (
     (r"\.layernorm_before\.", ".norm1."),
     (r"\.layernorm_after\.", ".norm2."),
 )
+
+
+def meta_to_hf_names(state_dict: Mapping[str, Any], stages: Sequence[int]) -> dict[str, Any]:
+    """The inverse of `hf_to_meta_names` for a `HieraModel` whose stages have `stages` blocks:
+    Meta's `blocks.{i}` become `encoder.stages.{s}.layers.{j}`, `norm` the pooler's LayerNorm."""
+    where = [(s, j) for s, n in enumerate(stages) for j in range(n)]
+    block_re = re.compile(r"^blocks\.(\d+)\.")
+    renames = [(re.compile(r"^" + re.escape(meta)), hf) for hf, meta in (
+        ("embeddings.patch_embeddings.projection.", "patch_embed.proj."), ("pooler.layernorm.", "norm."))]
+    out = {}
+    for key, value in state_dict.items():
+        if key == "pos_embed":
+            key = "embeddings.position_embeddings"
+        key = block_re.sub(lambda m: "encoder.stages.{}.layers.{}.".format(*where[int(m[1])]), key)
+        key = key.replace(".norm1.", ".layernorm_before.").replace(".norm2.", ".layernorm_after.")
+        for pattern, repl in renames:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+def hf_config(cfg: HieraConfig) -> dict[str, Any]:
+    """transformers' `HieraConfig` fields (config.json) for our architecture."""
+    heads = [int(cfg.num_heads * cfg.head_mul ** i) for i in range(len(cfg.stages))]
+    return {
+        "model_type": "hiera", "architectures": ["HieraModel"], "embed_dim": cfg.embed_dim,
+        "image_size": list(cfg.input_size), "patch_size": list(cfg.patch_kernel), "patch_stride": list(cfg.patch_stride),
+        "patch_padding": list(cfg.patch_padding), "mlp_ratio": cfg.mlp_ratio, "depths": list(cfg.stages),
+        "num_heads": heads, "embed_dim_multiplier": cfg.dim_mul, "num_query_pool": len(cfg.stages) - 1,
+        "query_stride": list(cfg.q_stride), "masked_unit_size": list(cfg.mask_unit_size),
+        "masked_unit_attention": list(cfg.mask_unit_attn), "num_channels": cfg.in_chans, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+    }
 
 
 def hf_to_meta_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
