@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from pathlib import Path
 
 import jax
 import ml_collections as mlc
 from absl import app, flags
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
@@ -62,7 +62,7 @@ class Restored:
     Only the parameters are read (`checkpoint.restore_params`), so the run's optimizer and
     carried memory play no part."""
 
-    def __init__(self, cfg: mlc.ConfigDict, workdir: Path, embed_dim: int, mesh: jax.sharding.Mesh,
+    def __init__(self, cfg: mlc.ConfigDict, workdir: epath.Path, embed_dim: int, mesh: jax.sharding.Mesh,
                  step: int | None):
         make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
         self.graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
@@ -73,7 +73,7 @@ class Restored:
         self.params, self.step = checkpoint.restore_params(workdir, step, abstract)
 
 
-def restore(cfg: mlc.ConfigDict, workdir: Path, embed_dim: int, mesh: jax.sharding.Mesh, step: int | None,
+def restore(cfg: mlc.ConfigDict, workdir: epath.Path, embed_dim: int, mesh: jax.sharding.Mesh, step: int | None,
             prefix: str = "") -> Restored:
     """`Restored`, or one line (after `prefix`) and exit: 2 for a missing workdir or step (a flag
     was wrong), 1 for a checkpoint that cannot be read or does not fit the config."""
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
     del argv
     metrics.setup_logging()
     cfg = FLAGS.config
-    workdir = Path(FLAGS.workdir)
+    workdir = checkpoint.workdir_path(FLAGS.workdir)
     data_dir = FLAGS.data or cfg.data.dir
     try:
         validate.check(cfg, "eval")
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
             name, _, other = item.partition("=")
             if not name or not other:
                 raise ValueError(f"--compare: expected NAME=WORKDIR, got {item!r}")
-            compare[name] = (run_config.load(other), Path(other))
+            compare[name] = (run_config.load(other), checkpoint.workdir_path(other))
     except (validate.ConfigError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from safetensors.numpy import save_file
+import safetensors.numpy
 
 from docjepa import checkpoint, cli, metrics, run_config, sharding, state as factory
 from docjepa.data import pipeline
@@ -50,19 +49,19 @@ def restore_model(workdir: str, step: int | None = None, embed_dim: int = 0) -> 
     return nnx.merge(graphdef, state), step
 
 
-def export(workdir: str, out: str | Path, step: int | None = None, embed_dim: int = 0) -> int:
+def export(workdir: str, out: str, step: int | None = None, embed_dim: int = 0) -> int:
     """Write the export of `workdir`'s checkpoint to `out` (see the module docstring); the step."""
     model, step = restore_model(workdir, step, embed_dim)
-    out = Path(out)
+    out = checkpoint.workdir_path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = model.encoder
     weights = hiera.meta_to_hf_names(hiera.meta_state_dict(encoder), encoder.config.stages)
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "model.safetensors").write_bytes(safetensors.numpy.save(weights, metadata={"format": "pt"}))
     (out / "config.json").write_text(json.dumps(hiera.hf_config(encoder.config), indent=2))
     params = {k: v for k, v in nnx.to_pure_dict(nnx.state(model, nnx.Param)).items() if k != "encoder"}
     rest = {"/".join(str(getattr(key, "key", key)) for key in path): np.ascontiguousarray(np.asarray(v, np.float32))
             for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    save_file(rest, str(out / "docjepa.safetensors"))
+    (out / "docjepa.safetensors").write_bytes(safetensors.numpy.save(rest))
     (out / "docjepa_config.json").write_text(run_config.load(workdir).to_json_best_effort(indent=2))
     return step
 

@@ -4,7 +4,7 @@
 #   launch/tpu_pod.sh [--dry-run] [--setup --repo URL [--ref REF]] TPU_NAME ZONE CONFIG WORKDIR [TRAIN FLAGS...]
 #
 #   launch/tpu_pod.sh my-v5p-64 us-east5-a configs/hiera_b_ttm.py gs://my-bucket/runs/b \
-#       --config.data.dir=gs://my-bucket/data/docs-roberta-base
+#       --config.data.dir=/mnt/data/docs-roberta-base    # a local copy or a gcsfuse mount on every worker
 #
 # Every worker runs the same command from ~/docjepa; libtpu and JAX find the slice's topology
 # themselves (no coordinator address to pass). WORKDIR must be storage that all workers see

@@ -9,16 +9,16 @@ import pytest
 import train_utils
 
 
-def _env() -> dict[str, str]:
-    return {**train_utils.env(), "PYTHON": sys.executable}
+def _env(cache=None) -> dict[str, str]:
+    return {**train_utils.env(cache=cache), "PYTHON": sys.executable}
 
 
 @pytest.mark.xdist_group("train")
-def test_device_check_cpu_trains_and_resumes_bitwise(synth_corpus, tmp_path):
+def test_device_check_cpu_trains_and_resumes_bitwise(synth_corpus, tmp_path, jax_cache):
     proc = subprocess.run(
         ["bash", "bench/device_check.sh", "--cpu", "--data", str(synth_corpus), "--steps", "4", "--resume_at", "2",
          "--bench_steps", "1", "--workdir", str(tmp_path), "--no_write"],
-        cwd=train_utils.ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+        cwd=train_utils.ROOT, env=_env(jax_cache), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
     assert "bitwise equal" in lines["resume"], proc.stdout

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-from pathlib import Path
+from typing import Any
+
+from etils import epath
 
 import matplotlib
 
@@ -30,7 +32,14 @@ def markdown_table(runs: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_recall_curves(feats: dict[str, Features], path: Path) -> None:
+def _save(fig: Any, path: epath.Path, dpi: int) -> None:
+    """Write a figure as PNG through epath (a local path or an object store such as gs://)."""
+    with path.open("wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def plot_recall_curves(feats: dict[str, Features], path: epath.Path) -> None:
     """Image -> text R@K for K = 1..50 per level and model, with the chance curve."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, level in zip(axes, ("window", "page", "doc")):
@@ -50,11 +59,10 @@ def plot_recall_curves(feats: dict[str, Features], path: Path) -> None:
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
 
 
-def plot_retrieval_grid(f: Features, data_dir: str, split: str, path: Path, n_queries: int = 4) -> None:
+def plot_retrieval_grid(f: Features, data_dir: str, split: str, path: epath.Path, n_queries: int = 4) -> None:
     """Query pages with their top-3 retrieved page texts (a check mark on correct ones)."""
     if len(f.page) == 0:
         return
@@ -83,12 +91,11 @@ def plot_retrieval_grid(f: Features, data_dir: str, split: str, path: Path, n_qu
         axes[row, 1].text(0, 1, "\n\n".join(lines), va="top", fontsize=7, family="monospace")
         axes[row, 1].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path, 90)
 
 
-def write_report(out: Path, step: int, runs: dict[str, dict[str, float]], feats: dict[str, Features],
-                 data_dir: str, split: str) -> Path:
+def write_report(out: epath.Path, step: int, runs: dict[str, dict[str, float]], feats: dict[str, Features],
+                 data_dir: str, split: str) -> epath.Path:
     """OUT/step_N.{json,md} and the two PNGs; returns the JSON path. The "trained" run's keys
     are bare, every other run's are prefixed with its name."""
     out.mkdir(parents=True, exist_ok=True)
