@@ -86,6 +86,13 @@ def base() -> mlc.ConfigDict:
     c.loss.layout_weight = 0.0
     c.loss.focal_alpha = 0.25            # Lin et al. 2017
     c.loss.focal_gamma = 2.0
+    # Spatial-context pretexts (Penarrubia et al. 2024, "Flip" and "Sorting"): classify which of
+    # {none, left-right, upside-down, both} flips, or which order of `sort_strips` horizontal
+    # strips, was applied to `pretext_windows` copies of real windows per step (extra Hiera work).
+    c.loss.flip_weight = 0.0
+    c.loss.sort_weight = 0.0
+    c.loss.pretext_windows = 8
+    c.loss.sort_strips = 4               # 4! = 24 classes; must divide the window (56-px strips)
     c.loss.chunked = False               # ring-chunked SigLIP over the batch axes of the mesh
     # Text-bank negatives (data/bank.py): every distinct training target scored against each
     # window / page embedding besides the batch; false negatives masked (same text, overlapping

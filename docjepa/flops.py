@@ -140,7 +140,8 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
                   bank: int | Mapping[str, int] = 0, model: nnx.Module | None = None) -> dict[str, float]:
     """Forward FLOPs of `batch` examples of `steps` windows, per component, plus "total".
 
-    Components: Hiera's (`hiera_flops`, on the `encoded_windows`), "in_proj", "box_embed", the TTM's
+    Components: Hiera's (`hiera_flops`, on the `encoded_windows` and the spatial pretexts'
+    `loss.pretext_windows` views per pretext), "pretext_heads", "in_proj", "box_embed", the TTM's
     (`ttm_step_flops`, B rows x S steps), "pages" (mean over each page's steps), "heads"
     (window, page, document projections), "layout_head" (with the layout term; its focal loss is
     elementwise) and "loss/<term>" for each SigLIP term with a non-zero
@@ -151,7 +152,8 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     """
     model = model if model is not None else abstract_model(cfg, embed_dim)
     pages, patches = cfg.data.max_pages, batch * steps
-    out = {k: encoded_windows(cfg, batch, steps) * v for k, v in hiera_flops(model.encoder).items()}
+    views = 0 if model.pretext_heads is None else len(model.pretext_heads) * model.pretext_windows
+    out = {k: (encoded_windows(cfg, batch, steps) + views) * v for k, v in hiera_flops(model.encoder).items()}
     tokens = _hiera_tokens(model.encoder)
     dim = model.window_head.proj.kernel.shape[0]
     if model.in_proj is not None:
@@ -163,12 +165,14 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     out["pages"] = 2.0 * patches * pages * dim
     out["heads"] = (_linear(patches, model.window_head.proj) + _linear(batch * pages, model.page_head.proj)
                     + _linear(batch, model.doc_head.proj))
+    if model.pretext_heads is not None:
+        out["pretext_heads"] = sum(_linear(model.pretext_windows, h.proj) for h in model.pretext_heads.values())
     if model.layout_head is not None:
         out["layout_head"] = _linear(patches * _hiera_tokens(model.encoder, model.layout_stage), model.layout_head.proj)
     items = {"window": patches, "page": batch * pages, "doc": batch}
     for name in objective.active_terms(cfg.loss):
         level = name.removeprefix("loss/").removesuffix("_bank")
-        if name == "loss/layout":  # elementwise on the head's logits: no products
+        if name in ("loss/layout", "loss/flip", "loss/sort"):  # elementwise on the heads' logits: no products
             continue
         if name.endswith("_bank"):
             k = _bank_entries(cfg.loss, level, bank)

@@ -52,7 +52,8 @@ def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
 
 # The model outputs the terms score (what gradient accumulation caches per microbatch; "layout"
 # only where the layout head exists).
-EMBEDDINGS = ("window", "page", "doc", "layout")
+EMBEDDINGS = ("window", "page", "doc", "layout", "pretext/flip", "pretext/flip_target", "pretext/sort",
+              "pretext/sort_target")
 
 
 def _window(model, out, batch, cfg, mesh, bank):
@@ -82,6 +83,17 @@ def _layout(model, out, batch, cfg, mesh, bank):
         raise ValueError(f"data.layout_grid: the pseudo-layout targets are {target.shape[2:]} cells per window, "
                          f"the layout head's map (model.layout_stage) is {logits.shape[2:]}")
     return losses.focal_loss(logits, target, cfg.focal_alpha, cfg.focal_gamma, mask=batch["step_mask"][..., None, None])
+
+
+def _pretext(name: str):
+    def term(model, out, batch, cfg, mesh, bank):
+        """Softmax cross-entropy of a spatial pretext's head over its windows (those drawn among
+        real windows; a padding draw has an all-zero target and takes no part)."""
+        logits, target = out[f"pretext/{name}"], out[f"pretext/{name}_target"]
+        nll = -jnp.sum(target * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+        return jnp.sum(nll) / jnp.maximum(jnp.sum(target), 1.0)
+
+    return term
 
 
 def _bank_rows(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -145,6 +157,8 @@ TERMS: dict[str, Term] = {
     "loss/page": Term("page_weight", _page),         # page embedding <-> text of the page
     "loss/doc": Term("doc_weight", _doc),            # memory at a document's end <-> mean of its page texts
     "loss/layout": Term("layout_weight", _layout),   # pseudo-layout regions per token of a Hiera stage
+    "loss/flip": Term("flip_weight", _pretext("flip")),  # which flips were applied to a window
+    "loss/sort": Term("sort_weight", _pretext("sort")),  # which order its horizontal strips were put in
     # Text-bank negatives beside the batch (data/bank.py), with false negatives masked.
     "loss/window_bank": Term("window_bank_weight", _bank_term("window", "window", "window_scale",
                                                               lambda out, batch: batch["window_mask"])),

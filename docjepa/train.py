@@ -55,26 +55,27 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     accum = cfg.optim.grad_accum
     budget = factory.window_budget(cfg, mesh, cfg.data.batch_size, accum)
 
-    def forward(params, batch, memory):
+    def forward(params, batch, memory, key):
         model = nnx.merge(graphdef, params)
         out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                    max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True, pack=budget)
+                    max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True, pack=budget,
+                    pretext_key=key)
         return model, out
 
-    def loss_fn(params, batch, bank, memory):
-        model, out = forward(params, batch, memory)
+    def loss_fn(params, batch, bank, memory, key):
+        model, out = forward(params, batch, memory, key)
         total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh, bank)
         return total, (terms, out["feature_means"], out.get("memory"), out["health"])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def embed(params, batch, memory):
+    def embed(params, batch, memory, key):
         """The embeddings the loss reads (differentiable) and what rides beside them."""
-        _, out = forward(params, batch, memory)
+        _, out = forward(params, batch, memory, key)
         return {k: out[k] for k in objective.EMBEDDINGS if k in out}, (out["page_present"], out["feature_means"],
                                                                         out.get("memory"), out["health"])
 
-    def cached_grads(params, batch, bank, memory):
+    def cached_grads(params, batch, bank, memory, key):
         """Gradient accumulation that keeps every negative of the global batch (GradCache, Gao et
         al. 2021): embed all microbatches without keeping activations, take the loss of the whole
         batch and its gradient w.r.t. the embeddings, then back-propagate each microbatch's slice
@@ -83,7 +84,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         each microbatch's own mean, as BatchNorm does under accumulation."""
         split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])  # noqa: E731
         merge = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-        micro = jax.tree.map(split, (batch, memory))
+        micro = (*jax.tree.map(split, (batch, memory)), jax.random.split(key, accum))  # a pretext draw each
         _, (embs, (present, means, memory, health)) = jax.lax.scan(lambda _, xs: (None, embed(params, *xs)), None, micro)
         embs, present, memory = jax.tree.map(merge, (embs, present, memory))
 
@@ -94,8 +95,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         (loss, terms), (grads, d_embs) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(params, embs)
 
         def backward(grads, xs):
-            (mb, mem), d = xs
-            _, vjp = jax.vjp(lambda p: embed(p, mb, mem)[0], params)
+            (mb, mem, k), d = xs
+            _, vjp = jax.vjp(lambda p: embed(p, mb, mem, k)[0], params)
             return jax.tree.map(jnp.add, grads, vjp(d)[0]), None
 
         grads, _ = jax.lax.scan(backward, grads, (micro, jax.tree.map(split, d_embs)))
@@ -105,13 +106,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     def step(state, batch, bank=None):
         params = state["params"]
         memory = state.get("memory")
+        step_key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
         if bank is not None and cfg.loss.bank_size:
-            bank = objective.sample_bank(bank, jax.random.fold_in(jax.random.key(cfg.seed), state["step"]),
-                                         cfg.loss.bank_size)
+            bank = objective.sample_bank(bank, step_key, cfg.loss.bank_size)
+        pretext_key = jax.random.fold_in(step_key, 1 << 20)  # the spatial pretexts' windows and labels
         if accum == 1:
-            (loss, (terms, means, memory, health)), grads = grad_fn(params, batch, bank, memory)
+            (loss, (terms, means, memory, health)), grads = grad_fn(params, batch, bank, memory, pretext_key)
         else:
-            loss, terms, means, memory, health, grads = cached_grads(params, batch, bank, memory)
+            loss, terms, means, memory, health, grads = cached_grads(params, batch, bank, memory, pretext_key)
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = update_running_means(optax.apply_updates(params, updates), means, cfg.model.center_momentum)
         grad_norm = optax.tree.norm(grads)

@@ -83,21 +83,25 @@ def test_scan_counts_one_step():
 
 def test_model_forward_matches_cost_analysis():
     """The whole forward and loss at one step per chunk (XLA inlines a one-step scan): Hiera,
-    box embedding, TTM, page pooling, heads and the SigLIP logits of every term."""
+    box embedding, TTM, page pooling, heads, the spatial pretexts' views and heads, and the
+    SigLIP logits of every term."""
     cfg = _config(steps=1)
+    cfg.loss.flip_weight, cfg.loss.sort_weight, cfg.loss.pretext_windows = 1.0, 1.0, 2
     model = flops.abstract_model(cfg, EMBED)
     graphdef, state = nnx.split(model)
     batch = random_batch(cfg, EMBED)
 
     def loss(s, b):
         m = nnx.merge(graphdef, s)
-        out = m(b["patches"], b["step_mask"], b["page_ids"], b["window_box"], max_pages=cfg.data.max_pages, train=True)
+        out = m(b["patches"], b["step_mask"], b["page_ids"], b["window_box"], max_pages=cfg.data.max_pages, train=True,
+                pretext_key=jax.random.key(0))
+        assert {"pretext/flip", "pretext/sort"} <= set(out)
         return objective.loss_terms(m, out, b, cfg.loss)[0]
 
     xla = _xla_flops(loss, state, batch)
     analytic = flops.forward_flops(cfg, EMBED, cfg.data.batch_size, 1, model=model)
-    assert {"box_embed", "ttm/read", "ttm/process", "ttm/write", "pages", "heads", "loss/window", "loss/page",
-            "loss/doc"} <= set(analytic)
+    assert {"box_embed", "ttm/read", "ttm/process", "ttm/write", "pages", "heads", "pretext_heads", "loss/window",
+            "loss/page", "loss/doc"} <= set(analytic)
     assert _agrees(xla, analytic["total"]), (xla, analytic["total"])
 
 

@@ -9,6 +9,9 @@ of the page's steps, aligned with the page text), one per example (memory summar
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +61,58 @@ class LayoutHead(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.proj(self.norm(layers.at_least_f32(x)))[..., 0]
+
+
+def flip_views(x: jax.Array, label: jax.Array) -> jax.Array:
+    """The "Flip" pretext (Penarrubia et al. 2024, arXiv:2404.11585): windows [K, H, W, C] with
+    label [K] in 0..3 -> bit 0 mirrors left-right, bit 1 upside down."""
+    lr = (label & 1).astype(bool)[:, None, None, None]
+    ud = (label & 2).astype(bool)[:, None, None, None]
+    x = jnp.where(lr, x[:, :, ::-1], x)
+    return jnp.where(ud, x[:, ::-1], x)
+
+
+def strip_permutations(strips: int) -> np.ndarray:
+    """[strips!, strips]: every order of `strips` strips, the "Sorting" pretext's classes."""
+    return np.array(list(itertools.permutations(range(strips))), np.int32)
+
+
+def strip_views(x: jax.Array, label: jax.Array, strips: int) -> jax.Array:
+    """The "Sorting" pretext (same paper): each window [K, H, W, C] cut into `strips` horizontal
+    strips of equal height, strip i of the view being strip perm[label][i] of the window."""
+    k, h, w, c = x.shape
+    if h % strips:
+        raise ValueError(f"loss.sort_strips: {strips} strips do not divide {h}-px windows")
+    cut = x.reshape(k, strips, h // strips, w, c)
+    order = jnp.asarray(strip_permutations(strips))[label]              # [K, strips]
+    return jnp.take_along_axis(cut, order[:, :, None, None, None], axis=1).reshape(k, h, w, c)
+
+
+def pick_windows(step_mask: jax.Array, key: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """`count` slots of [B, S] drawn uniformly among the real windows (flat indices) and whether
+    each is real (fewer real windows than `count`: the rest are padding, to be masked)."""
+    flat = jnp.asarray(step_mask).reshape(-1)
+    score = jnp.where(flat, jax.random.uniform(key, flat.shape), 2.0)
+    slots = jnp.argsort(score)[:count]
+    return slots, flat[slots]
+
+
+class PretextHead(nnx.Module):
+    """LayerNorm -> Dense from Hiera's mean token to the classes of a spatial pretext."""
+
+    def __init__(self, dim: int, classes: int, *, rngs: nnx.Rngs):
+        self.norm = layers.layer_norm(dim, rngs=rngs)
+        self.proj = layers.dense(dim, classes, ("embed", None), rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return self.proj(self.norm(layers.at_least_f32(tokens).mean(axis=-2)))
+
+
+# The spatial pretexts: name -> (number of classes, the views of windows for labels).
+PRETEXTS = {
+    "flip": (lambda strips: 4, lambda x, label, strips: flip_views(x, label)),
+    "sort": (lambda strips: math.factorial(strips), strip_views),
+}
 
 
 class BoxEmbedding(nnx.Module):
@@ -159,6 +214,12 @@ class DocJEPA(nnx.Module):
         self.layout_stage = cfg.layout_stage
         self.layout_head = (LayoutHead(self.encoder.stage_dims[cfg.layout_stage], rngs=rngs)
                             if loss_cfg.layout_weight > 0 else None)
+        # Spatial pretexts (HTR's Flip and Sorting): a classifier per pretext with a non-zero weight,
+        # reading `loss.pretext_windows` transformed copies of the batch's windows.
+        self.pretext_windows, self.sort_strips = loss_cfg.get("pretext_windows", 8), loss_cfg.get("sort_strips", 4)
+        heads = {name: PretextHead(self.encoder.out_dim, classes(self.sort_strips), rngs=rngs)
+                 for name, (classes, _) in PRETEXTS.items() if loss_cfg.get(f"{name}_weight", 0.0) > 0}
+        self.pretext_heads = nnx.Dict(heads) if heads else None
         self.window_head = Head(dim, embed_dim, rngs=rngs)
         self.page_head = Head(dim, embed_dim, rngs=rngs)
         self.doc_head = Head(dim, embed_dim, rngs=rngs)
@@ -204,6 +265,25 @@ class DocJEPA(nnx.Module):
 
         return scatter(tokens), {k: scatter(v) for k, v in maps.items()}
 
+    def pretexts(self, patches: jax.Array, step_mask: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+        """Logits and one-hot targets of each pretext head on its own draw of windows, encoded in
+        one Hiera pass (`loss.pretext_windows` per pretext)."""
+        views, targets = [], {}
+        for i, name in enumerate(self.pretext_heads):
+            classes, transform = PRETEXTS[name]
+            k_pick, k_label = jax.random.split(jax.random.fold_in(key, i))
+            slots, real = pick_windows(step_mask, k_pick, self.pretext_windows)
+            label = jax.random.randint(k_label, slots.shape, 0, classes(self.sort_strips))
+            windows = jnp.asarray(patches).reshape(-1, *patches.shape[2:])[slots]
+            views.append(transform(windows, label, self.sort_strips))
+            targets[name] = jax.nn.one_hot(label, classes(self.sort_strips)) * real[:, None]
+        tokens, _ = self.encode_patches(jnp.stack(views))                  # [P, K, N, C]
+        out = {}
+        for i, name in enumerate(self.pretext_heads):
+            out[f"pretext/{name}"] = self.pretext_heads[name](tokens[i])
+            out[f"pretext/{name}_target"] = targets[name]
+        return out
+
     def initial_memory(self, batch: int) -> jax.Array | None:
         """The memory a document starts from, [batch, m, C] float32; None without the TTM."""
         return None if self.ttm is None else self.ttm.initial_memory(batch)
@@ -211,7 +291,7 @@ class DocJEPA(nnx.Module):
     def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, boxes: jax.Array, *,
                  max_pages: int, memory: jax.Array | None = None, reset: jax.Array | None = None,
                  stage: int | None = None, trace: bool = False, train: bool = False,
-                 pack: tuple[int, int] | None = None) -> dict[str, jax.Array]:
+                 pack: tuple[int, int] | None = None, pretext_key: jax.Array | None = None) -> dict[str, jax.Array]:
         """Embeddings per step, page and document; the memory to carry; with `stage`, that
         Hiera stage's maps.
 
@@ -226,7 +306,10 @@ class DocJEPA(nnx.Module):
         token, or without the TTM the mean of the chunk's step features so far (memory probes).
         With `train`, features are centred on this batch and its means come back as
         "feature_means" for `update_running_means`; "health" holds `token_spread` of Hiera's
-        output (logged as health/encoder_spread). `pack`: see `encode_valid`."""
+        output (logged as health/encoder_spread). `pack`: see `encode_valid`. With pretext heads
+        and a `pretext_key`, "pretext/<name>" [K, classes] are their logits on K transformed
+        copies of real windows and "pretext/<name>_target" the one-hot labels (zero rows where
+        fewer than K windows are real)."""
         head_stage = () if self.layout_head is None else (self.layout_stage,)
         stages = tuple(sorted(set(head_stage) | ({stage} if stage is not None else set())))
         tokens, maps = self.encode_valid(patches, step_mask, stages, pack)  # [B, S, N, C]
@@ -254,6 +337,8 @@ class DocJEPA(nnx.Module):
         pages = jnp.einsum("bsp,bsc->bpc", onehot.astype(steps.dtype), steps)
         pages = pages / jnp.maximum(onehot.sum(axis=1), 1)[..., None]
         return {
+            **(self.pretexts(patches, step_mask, pretext_key)
+               if pretext_key is not None and self.pretext_heads is not None else {}),
             "window": self.window_head(steps),
             "page": self.page_head(pages),
             "doc": self.doc_head(doc),
