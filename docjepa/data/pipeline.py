@@ -299,6 +299,7 @@ class DocStreams(grain.DatasetIterator):
     def __init__(self, docs: grain.MapDataset, rows: int, spec: _Spec, *, augment: bool, threads: int = 0,
                  limit: int | None = None, with_ocr: bool = False, budget: Budget | None = None):
         super().__init__()
+        self._pool = None  # set before anything can raise: grain's __del__ calls close()
         if budget is not None and (rows % budget.rows or budget.windows < spec.max_steps):
             raise DataError(f"window budget {budget}: must split {rows} rows into groups and hold a "
                             f"{spec.max_steps}-window chunk")
