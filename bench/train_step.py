@@ -1,7 +1,7 @@
 """Train-step throughput of a config: the step train.py runs, fed random batches of its shapes.
 
     PYTHONPATH=. python bench/train_step.py --config configs/demo.py[:arg] [--steps 5] [--batch B]
-        [--max_steps S] [--dtype bfloat16] [--embed_dim D] [--no_write]
+        [--max_steps S] [--dtype bfloat16] [--embed_dim D] [--window_capacity F] [--set FIELD=VALUE ...] [--no_write]
 
 The model, optimizer, shardings and step come from docjepa.train (build_model, build_optimizer,
 decay_mask, train_state_shardings, make_train_step) on the config's mesh over all devices, so
@@ -20,10 +20,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
+import ast  # noqa: E402
 import functools  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
 
 import jax  # noqa: E402
 import ml_collections as mlc  # noqa: E402
@@ -45,12 +46,21 @@ NOTE = ("One jitted train step (forward, backward, AdamW update) of docjepa.trai
         "arguments + outputs + temporaries - donated aliases, from XLA's memory analysis.")
 
 
-def setup(config: str, *, batch: int = 0, max_steps: int = 0, dtype: str = "", embed_dim: int = 0
-          ) -> tuple[mlc.ConfigDict, int, jax.sharding.Mesh]:
-    """`config` (configs/X.py[:arg]) with the overrides (0 / '' keep the config's), validated; the
-    text width (model.embed_dim, else the config's text encoder); the config's mesh. Raises
-    ValueError or FileNotFoundError with a one-line message."""
+def setup(config: str, *, batch: int = 0, max_steps: int = 0, dtype: str = "", embed_dim: int = 0,
+          overrides: Sequence[str] = ()) -> tuple[mlc.ConfigDict, int, jax.sharding.Mesh]:
+    """`config` (configs/X.py[:arg]) with the overrides (0 / '' keep the config's; `overrides`:
+    "field.path=python literal"), validated; the text width (model.embed_dim, else the config's
+    text encoder); the config's mesh. Raises ValueError or FileNotFoundError with a one-line message."""
     cfg = common.load_config(config)
+    for item in overrides:
+        path, _, value = item.partition("=")
+        *parents, leaf = path.split(".")
+        node = cfg
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise ValueError(f"--set {item}: no field {path}")
+        node[leaf] = ast.literal_eval(value)
     cfg.data.batch_size = batch or cfg.data.batch_size
     cfg.data.max_steps = max_steps or cfg.data.max_steps
     cfg.model.dtype = dtype or cfg.model.dtype
@@ -144,7 +154,8 @@ def compile_step(cfg: mlc.ConfigDict, embed_dim: int, mesh: jax.sharding.Mesh, b
 
 
 def measure(config: str, *, steps: int = 5, warmup: int = 1, batch: int = 0, max_steps: int = 0, dtype: str = "",
-            embed_dim: int = 0, bank: int = 4096, window_capacity: float = 0.0) -> dict[str, Any]:
+            embed_dim: int = 0, bank: int = 4096, window_capacity: float = 0.0,
+            overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Time the train step of `config` (overrides as in `setup`; `bank` entries per text-bank
     level; `window_capacity` > 0 overrides data.window_capacity and fills the budget's slots).
 
@@ -152,7 +163,8 @@ def measure(config: str, *, steps: int = 5, warmup: int = 1, batch: int = 0, max
     `steps` after `warmup`), "patches_per_s" (real windows), "model_flops" (analytic, whole step), "xla_flops"
     (XLA's cost analysis, per device), "model_tflops", "mfu" (None without a known peak) and
     "peak_bytes" (XLA's per-device peak)."""
-    cfg, embed_dim, mesh = setup(config, batch=batch, max_steps=max_steps, dtype=dtype, embed_dim=embed_dim)
+    cfg, embed_dim, mesh = setup(config, batch=batch, max_steps=max_steps, dtype=dtype, embed_dim=embed_dim,
+                                 overrides=overrides)
     cfg.data.window_capacity = window_capacity or cfg.data.window_capacity
     text_bank = random_bank(cfg, embed_dim, bank, mesh)
     host = random_batch(cfg, embed_dim, budget=factory.window_budget(cfg, mesh, cfg.data.batch_size, cfg.optim.grad_accum))
@@ -192,12 +204,15 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=4096, help="text-bank entries per level (bank terms on)")
     parser.add_argument("--window_capacity", type=float, default=0.0,
                         help="data.window_capacity override (0 = the config's); the batch fills the budget's slots")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a config override, e.g. --set loss.flip_weight=1.0 (repeatable)")
     parser.add_argument("--no_write", action="store_true", help="print only, do not touch BENCHMARKS.md")
     args = parser.parse_args()
 
     try:
         r = measure(args.config, steps=args.steps, warmup=args.warmup, batch=args.batch, max_steps=args.max_steps,
-                    dtype=args.dtype, embed_dim=args.embed_dim, bank=args.bank, window_capacity=args.window_capacity)
+                    dtype=args.dtype, embed_dim=args.embed_dim, bank=args.bank, window_capacity=args.window_capacity,
+                    overrides=args.set)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     device = jax.devices()[0]
