@@ -14,7 +14,6 @@ by `config.evals.names`; the report (JSON, Markdown, PNG) is `docjepa.evals.repo
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
@@ -22,7 +21,6 @@ import jax
 import ml_collections as mlc
 from absl import app, flags
 from etils import epath
-from flax import nnx
 from ml_collections import config_flags
 
 from docjepa import checkpoint, cli, evals, metrics, run_config, sharding, state as factory, validate
@@ -56,29 +54,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     return cli.parse_flags(argv)
 
 
-class Restored:
-    """A model restored from a workdir: graphdef, params and the shardings they live on.
-
-    Only the parameters are read (`checkpoint.restore_params`), so the run's optimizer and
-    carried memory play no part."""
-
-    def __init__(self, cfg: mlc.ConfigDict, workdir: epath.Path, embed_dim: int, mesh: jax.sharding.Mesh,
-                 step: int | None):
-        make_model = functools.partial(factory.build_model, cfg, embed_dim, cfg.seed)
-        self.graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-        self.param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
-        self.init_params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)),
-                                   out_shardings=self.param_sh)
-        abstract = checkpoint.abstract_with_shardings(nnx.to_pure_dict(abstract_params), self.param_sh)
-        self.params, self.step = checkpoint.restore_params(workdir, step, abstract)
-
-
 def restore(cfg: mlc.ConfigDict, workdir: epath.Path, embed_dim: int, mesh: jax.sharding.Mesh, step: int | None,
-            prefix: str = "") -> Restored:
-    """`Restored`, or one line (after `prefix`) and exit: 2 for a missing workdir or step (a flag
+            prefix: str = "") -> factory.Restored:
+    """`state.Restored`, or one line (after `prefix`) and exit: 2 for a missing workdir or step (a flag
     was wrong), 1 for a checkpoint that cannot be read or does not fit the config."""
     try:
-        return Restored(cfg, workdir, embed_dim, mesh, step)
+        return factory.Restored(cfg, workdir, embed_dim, mesh, step)
     except FileNotFoundError as e:
         cli.usage_error(f"{prefix}{e}")
     except checkpoint.CheckpointError as e:

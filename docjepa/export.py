@@ -40,13 +40,8 @@ def restore_model(workdir: str, step: int | None = None, embed_dim: int = 0) -> 
     cfg = run_config.load(workdir)
     embed_dim = embed_dim or cfg.model.embed_dim or int(pipeline.read_manifest(cfg.data.dir)["encoder"]["dim"])
     mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: factory.build_model(cfg, embed_dim, cfg.seed)), nnx.Param)
-    shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
-    params, step = checkpoint.restore_params(
-        workdir, step, checkpoint.abstract_with_shardings(nnx.to_pure_dict(abstract), shardings))
-    state = nnx.state(nnx.merge(graphdef, abstract), nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.device_get(params))
-    return nnx.merge(graphdef, state), step
+    restored = factory.Restored(cfg, workdir, embed_dim, mesh, step)
+    return nnx.merge(restored.graphdef, jax.device_get(restored.params)), restored.step
 
 
 def export(workdir: str, out: str, step: int | None = None, embed_dim: int = 0) -> int:

@@ -6,6 +6,8 @@ config; they import it from here, so that no entry point imports another.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import jax
@@ -15,7 +17,7 @@ import ml_collections as mlc
 import optax
 from flax import nnx
 
-from docjepa import objective, sharding
+from docjepa import checkpoint, objective, sharding
 from docjepa.data import bank, pipeline
 from docjepa.models import hiera, layers
 from docjepa.models.docjepa import DocJEPA
@@ -121,6 +123,23 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx
     if "memory" in abstract:
         out["memory"] = sharding.batch_sharding(mesh, 3)
     return out
+
+
+class Restored:
+    """A model restored from a workdir: graphdef, params and the shardings they live on.
+
+    Only the parameters are read (`checkpoint.restore_params`), so the run's optimizer and
+    carried memory play no part. Used by evaluation and export."""
+
+    def __init__(self, cfg: mlc.ConfigDict, workdir: str | os.PathLike, embed_dim: int, mesh: jax.sharding.Mesh,
+                 step: int | None):
+        make_model = functools.partial(build_model, cfg, embed_dim, cfg.seed)
+        self.graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+        self.param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+        self.init_params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)),
+                                   out_shardings=self.param_sh)
+        abstract = checkpoint.abstract_with_shardings(nnx.to_pure_dict(abstract_params), self.param_sh)
+        self.params, self.step = checkpoint.restore_params(workdir, step, abstract)
 
 
 def pretrained_encoder(cfg: mlc.ConfigDict, shardings: Any) -> Any:

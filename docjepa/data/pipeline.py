@@ -326,8 +326,8 @@ class DocStreams(grain.DatasetIterator):
     def _chosen(self) -> list[bool]:
         """Which rows emit their chunk this step: all with one, or under the budget, those that
         fit their group's windows, taken in this step's turn (the first always fits)."""
-        sizes = [self._chunks(pos)[k]["end"] - self._chunks(pos)[k]["start"] if pos >= 0 else 0
-                 for pos, k in self._rows]
+        heads = [self._chunks(pos)[k] if pos >= 0 else None for pos, k in self._rows]
+        sizes = [0 if c is None else c["end"] - c["start"] for c in heads]
         chosen = [n > 0 for n in sizes]
         if self._budget is None:
             return chosen
