@@ -69,7 +69,7 @@ def setup(config: str, *, batch: int = 0, max_steps: int = 0, dtype: str = "", e
         embed_dim = embed_dim or cfg.model.embed_dim or text_width(cfg)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}; pass --embed_dim") from None
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.mesh_dcn)
     if cfg.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"batch {cfg.data.batch_size} is not divisible by the mesh's batch shards {dict(mesh.shape)}")
     return cfg, embed_dim, mesh

@@ -121,6 +121,12 @@ def base() -> mlc.ConfigDict:
 
     # Mesh: one -1 takes the remaining devices.
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+    # Multi-slice TPU (hybrid mesh): how slices tile each axis over DCN, c.mesh then being one
+    # slice; e.g. (("data", 4), ("fsdp", 1), ("tensor", 1)) for 4 slices. () = one slice.
+    c.mesh_dcn = ()
+    # Entries replacing those of sharding.LOGICAL_AXIS_RULES by name, e.g. (("embed", None),)
+    # to keep weights whole (pure data parallelism) or (("act_embed", "tensor"),).
+    c.logical_axis_rules = ()
 
     # Loop.
     c.train = mlc.ConfigDict()

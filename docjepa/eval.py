@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
 
     sharding.maybe_initialize_distributed()
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.get("mesh_dcn", ()))
     embed_dim = factory.embed_dim_of(cfg, manifest)
     main_run = restore(cfg, workdir, embed_dim, mesh, FLAGS.step)
     evaluation = evals.Evaluation(cfg, main_run.graphdef, mesh, main_run.param_sh, list(cfg.evals.names), data_dir)

@@ -50,9 +50,10 @@ def xla_flops(compiled: jax.stages.Compiled) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _linear(rows: float, lin: nnx.Linear) -> float:
-    d_in, d_out = lin.kernel.shape
-    return 2.0 * rows * d_in * d_out
+def _linear(rows: float, lin: nnx.Module) -> float:
+    """A dense layer (nnx.Linear, or Hiera's QKV whose kernel is [d_in, 3, heads, head_dim])."""
+    d_in, *d_out = lin.kernel.shape
+    return 2.0 * rows * d_in * math.prod(d_out)
 
 
 def hiera_flops(encoder: hiera.Hiera) -> dict[str, float]:

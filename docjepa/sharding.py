@@ -1,15 +1,20 @@
 """Device mesh, logical-axis rules, and multi-host start-up.
 
-Every parameter is annotated with logical axis names (`docjepa.models.layers`). The table
-below, in the style of MaxText's `logical_axis_rules`, maps each name onto mesh axes of the
-mesh `("data", "fsdp", "tensor")`: fsdp shards the large (model-width) dimension of every
-weight, tensor shards attention heads and MLP hidden units, batches split over data x fsdp.
-A dimension that a mesh axis does not divide stays replicated, so tiny test models run on
-any mesh; a warning names each such array, since on a production model it costs memory.
+Every parameter is annotated with logical axis names (`docjepa.models.layers`), and so are
+the activations at block boundaries (`constrain`, names starting "act_"). The table below, in
+the style of MaxText's `logical_axis_rules`, maps each name onto axes of the mesh
+`("data", "fsdp", "tensor")`: fsdp shards the large (model-width) dimension of every weight,
+tensor shards attention heads and MLP hidden units, batches and activations split over
+data x fsdp. `config.logical_axis_rules` replaces entries by name (`rules`), so a run can
+change the layout from the command line. A dimension that a mesh axis does not divide stays
+replicated, so tiny test models run on any mesh; a warning names each such weight, since on a
+production model it costs memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 from typing import Any, Sequence
@@ -30,6 +35,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv", None),
     ("vocab", "tensor"),
     ("proj", "tensor"),
     ("conv", None),
@@ -37,7 +43,64 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("memory", None),
     ("tokens", None),
     ("norm", None),
+    # Activations (MaxText's activation_* names): split the batch, keep each example's tokens
+    # and channels together, heads and MLP units with their weights.
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
 )
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+
+def rules(overrides: Sequence[Sequence[Any]] = ()) -> Rules:
+    """The default table with `overrides` (`config.logical_axis_rules`: (name, mesh axes) pairs)
+    replacing or adding entries by name; an override naming no mesh axis of ours is refused."""
+    table = dict(LOGICAL_AXIS_RULES)
+    for entry in overrides:
+        if len(entry) != 2 or not isinstance(entry[0], str):
+            raise ValueError(f"config.logical_axis_rules: {entry!r} is not a (name, mesh axes) pair")
+        name, target = entry
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        bad = [t for t in targets if t not in MESH_AXES]
+        if bad:
+            raise ValueError(f"config.logical_axis_rules: {name!r} maps onto {bad}, not axes of the mesh {MESH_AXES}")
+        table[name] = target if isinstance(target, str) or target is None else tuple(target)
+    return tuple(table.items())
+
+
+def config_rules(cfg: Any) -> Rules:
+    """The table of a run config (`config.logical_axis_rules`; a run saved before that field
+    existed gets the default table)."""
+    return rules(cfg.get("logical_axis_rules", ()))
+
+
+_ACTIVATIONS: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar("activations", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, table: Rules = LOGICAL_AXIS_RULES):
+    """Within this block (while a step is traced), `constrain` pins activations onto `mesh`."""
+    token = _ACTIVATIONS.set((mesh, table))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.reset(token)
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+    """`x` with a sharding constraint from its logical dimension names, inside
+    `activation_sharding`; unchanged outside it (single-device use, parity tests)."""
+    active = _ACTIVATIONS.get()
+    if active is None:
+        return x
+    mesh, table = active
+    # A dimension its mesh axes do not divide (a microbatch of few rows) is left to XLA rather
+    # than pinned replicated, which would gather it.
+    spec = logical_to_mesh_spec(logical, x.shape, mesh, table=table, warn=False, indivisible=P.UNCONSTRAINED)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def maybe_initialize_distributed() -> None:
@@ -66,21 +129,18 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Build a mesh from `[("data", -1), ("fsdp", 1), ("tensor", 1)]`; one -1 takes the rest."""
+def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None,
+              dcn: Sequence[tuple[str, int]] = ()) -> Mesh:
+    """Build a mesh from `[("data", -1), ("fsdp", 1), ("tensor", 1)]`; one -1 takes the rest.
+
+    `dcn` (`config.mesh_dcn`, same axes, no -1): a hybrid mesh for multi-slice TPU (or several
+    GPU hosts as granules), `axes` then describing one slice (ICI) and `dcn` how slices tile
+    each axis over the data-centre network; each mesh axis is their product. Put "data" on DCN:
+    only its gradient reduction crosses slices."""
     devices = list(devices if devices is not None else jax.devices())
-    names = [name for name, _ in axes]
-    if tuple(names) != MESH_AXES:
-        raise ValueError(f"config.mesh: axes must be {MESH_AXES} in that order, got {tuple(names)}")
-    sizes = [int(size) for _, size in axes]
-    if sizes.count(-1) > 1:
-        raise ValueError("config.mesh: at most one axis may be -1")
-    known = int(np.prod([s for s in sizes if s != -1]))
-    if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
-        raise ValueError(f"config.mesh: sizes {sizes} do not divide {len(devices)} devices")
-    sizes = [len(devices) // known if s == -1 else s for s in sizes]
-    if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"config.mesh: sizes {sizes} use {int(np.prod(sizes))} of {len(devices)} devices")
+    if dcn:
+        return _hybrid_mesh(axes, dcn, devices)
+    sizes = _sizes(axes, len(devices))
     # Topology-aware placement on TPU/GPU (neighbouring chips on the inner axes); a plain
     # reshape on CPU. Devices stay grouped by process along the batch axes.
     try:
@@ -94,13 +154,48 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
     return Mesh(device_array, MESH_AXES)
 
 
+def _sizes(axes: Sequence[tuple[str, int]], count: int) -> list[int]:
+    """Mesh axis sizes for `count` devices, the one -1 resolved."""
+    names = [name for name, _ in axes]
+    if tuple(names) != MESH_AXES:
+        raise ValueError(f"config.mesh: axes must be {MESH_AXES} in that order, got {tuple(names)}")
+    sizes = [int(size) for _, size in axes]
+    if sizes.count(-1) > 1:
+        raise ValueError("config.mesh: at most one axis may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if any(s == 0 or s < -1 for s in sizes) or count % known:
+        raise ValueError(f"config.mesh: sizes {sizes} do not divide {count} devices")
+    sizes = [count // known if s == -1 else s for s in sizes]
+    if int(np.prod(sizes)) != count:
+        raise ValueError(f"config.mesh: sizes {sizes} use {int(np.prod(sizes))} of {count} devices")
+    return sizes
+
+
+def _hybrid_mesh(ici: Sequence[tuple[str, int]], dcn: Sequence[tuple[str, int]], devices: list[jax.Device]) -> Mesh:
+    if tuple(name for name, _ in dcn) != MESH_AXES or any(int(s) < 1 for _, s in dcn):
+        raise ValueError(f"config.mesh_dcn: axes must be {MESH_AXES} in that order with sizes >= 1, got {tuple(dcn)}")
+    dcn_sizes = [int(s) for _, s in dcn]
+    slices = int(np.prod(dcn_sizes))
+    # TPU devices know their slice; elsewhere each process is one granule.
+    by_process = not hasattr(devices[0], "slice_index")
+    granules = len({d.process_index if by_process else d.slice_index for d in devices})
+    if granules != slices:
+        raise ValueError(f"config.mesh_dcn: sizes {dcn_sizes} make {slices} slices, but the devices form {granules} "
+                         f"{'processes' if by_process else 'slices'}")
+    ici_sizes = _sizes(ici, len(devices) // slices)
+    device_array = mesh_utils.create_hybrid_device_mesh(ici_sizes, dcn_sizes, devices,
+                                                        process_is_granule=by_process, allow_split_physical_axes=True)
+    return Mesh(device_array, MESH_AXES)
+
+
 def logical_to_mesh_spec(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
-                         name: str = "array") -> P:
+                         name: str = "array", table: Rules = LOGICAL_AXIS_RULES, warn: bool = True,
+                         indivisible: Any = None) -> P:
     """Map one array's logical names to a PartitionSpec. A dimension whose mesh axes do not
-    divide it is replicated, with a warning naming `name` and the axis."""
+    divide it gets `indivisible` (replicated), with a warning naming `name` and the axis (`warn`)."""
     if logical is None:
         return P()
-    rules = dict(LOGICAL_AXIS_RULES)
+    rules = dict(table)
     used: set[str] = set()
     out = []
     for i, (axis, dim) in enumerate(zip(logical, shape)):
@@ -109,9 +204,11 @@ def logical_to_mesh_spec(logical: Sequence[str | None] | None, shape: Sequence[i
         targets = tuple(t for t in targets if t not in used and mesh.shape[t] > 1)
         size = int(np.prod([mesh.shape[t] for t in targets])) if targets else 1
         if targets and dim % size:
-            log.warning("%s: dimension %d (%s, size %d) is not divisible by mesh axis %s (size %d): replicated",
-                        name, i, axis, dim, "x".join(targets), size)
-            targets = ()
+            if warn:
+                log.warning("%s: dimension %d (%s, size %d) is not divisible by mesh axis %s (size %d): replicated",
+                            name, i, axis, dim, "x".join(targets), size)
+            out.append(indivisible)
+            continue
         if not targets:
             out.append(None)
             continue
@@ -120,14 +217,15 @@ def logical_to_mesh_spec(logical: Sequence[str | None] | None, shape: Sequence[i
     return P(*out)
 
 
-def state_shardings(state: Any, mesh: Mesh) -> Any:
+def state_shardings(state: Any, mesh: Mesh, table: Rules = LOGICAL_AXIS_RULES) -> Any:
     """NamedShardings for an nnx.State (abstract or concrete) from its logical metadata."""
 
     def one(path: Any, x: Any) -> NamedSharding:
         if isinstance(x, nnx.Variable):
             logical = x.get_metadata().get("out_sharding")
             name = jax.tree_util.keystr(path, simple=True, separator="/")
-            return x.replace(NamedSharding(mesh, logical_to_mesh_spec(logical, x.get_value().shape, mesh, name)))
+            spec = logical_to_mesh_spec(logical, x.get_value().shape, mesh, name, table)
+            return x.replace(NamedSharding(mesh, spec))
         return NamedSharding(mesh, P())
 
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -115,7 +115,7 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx
                           mesh: jax.sharding.Mesh, cfg: mlc.ConfigDict) -> dict[str, Any]:
     """Shardings of the train state: params by logical rules, optimizer moments alike, the
     carried memory by rows over the batch axes (each row lives where its stream's data does)."""
-    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, sharding.config_rules(cfg)))
     abstract = abstract_train_state(tx, abstract_params, cfg)
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt"], param_sh,
                                    transform_non_params=lambda _: sharding.replicated(mesh))
@@ -135,7 +135,8 @@ class Restored:
                  step: int | None):
         make_model = functools.partial(build_model, cfg, embed_dim, cfg.seed)
         self.graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-        self.param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+        self.param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh,
+                                                                  sharding.config_rules(cfg)))
         self.init_params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)),
                                    out_shardings=self.param_sh)
         abstract = checkpoint.abstract_with_shardings(nnx.to_pure_dict(abstract_params), self.param_sh)

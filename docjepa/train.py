@@ -55,11 +55,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     accum = cfg.optim.grad_accum
     budget = factory.window_budget(cfg, mesh, cfg.data.batch_size, accum)
 
+    table = sharding.config_rules(cfg)
+
     def forward(params, batch, memory, key):
         model = nnx.merge(graphdef, params)
-        out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                    max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True, pack=budget,
-                    pretext_key=key)
+        with sharding.activation_sharding(mesh, table):
+            out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
+                        max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True, pack=budget,
+                        pretext_key=key)
         return model, out
 
     def loss_fn(params, batch, bank, memory, key):
@@ -158,7 +161,7 @@ def main(argv: list[str]) -> None:
     # -------------------------------------------------------------------- mesh
     sharding.maybe_initialize_distributed()
     try:
-        mesh = sharding.make_mesh(cfg.mesh)
+        mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.mesh_dcn)
     except ValueError as e:
         sys.exit(f"error: {e}")
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]

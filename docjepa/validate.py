@@ -178,6 +178,15 @@ def check(cfg: mlc.ConfigDict, section: str) -> None:
         names = [n for n, _ in cfg.mesh] if _valid_mesh_shape(cfg.mesh) else None
         if names != ["data", "fsdp", "tensor"]:
             raise ConfigError(f"config.mesh: must be [('data', n), ('fsdp', n), ('tensor', n)] (got {cfg.mesh!r})")
+        dcn = cfg.get("mesh_dcn", ())
+        if dcn and not (_valid_mesh_shape(dcn) and [n for n, _ in dcn] == names):
+            raise ConfigError(f"config.mesh_dcn: must be () or [('data', n), ('fsdp', n), ('tensor', n)] (got {dcn!r})")
+        from docjepa import sharding  # imports jax, as the step does
+
+        try:
+            sharding.config_rules(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _valid_mesh_shape(mesh: Any) -> bool:

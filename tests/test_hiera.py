@@ -81,7 +81,9 @@ def test_logical_axes_on_every_param(tiny):
     assert tiny.pos_embed.get_metadata()["out_sharding"] == ("pos", "embed")
     mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
     shardings = sharding.state_shardings(params, mesh)
-    assert shardings["blocks"][1]["attn"]["qkv"]["kernel"].get_value().spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    # The fused qkv splits whole heads over "tensor", not the q | k | v blocks.
+    P = jax.sharding.PartitionSpec
+    assert shardings["blocks"][1]["attn"]["qkv"]["kernel"].get_value().spec == P("fsdp", None, "tensor", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +153,8 @@ def test_load_safetensors_roundtrip_and_errors(hf_ref, tmp_path):
     model = hiera.create("hiera_tiny_test", rngs=nnx.Rngs(0), **cfg)
     hiera.load_safetensors(model, path)
     np.testing.assert_array_equal(model.patch_embed.kernel[...], sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.blocks[1].attn.qkv.kernel[...], sd["blocks.1.attn.qkv.weight"].T)
+    np.testing.assert_array_equal(model.blocks[1].attn.qkv.kernel[...].reshape(-1, sd["blocks.1.attn.qkv.weight"].shape[0]),
+                                  sd["blocks.1.attn.qkv.weight"].T)
     np.testing.assert_array_equal(model.pos_embed[...], sd["pos_embed"][0])
 
     with pytest.raises(ValueError, match=r"safetensors\.torch\.save_file"):

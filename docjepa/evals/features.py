@@ -115,11 +115,14 @@ class FeatureExtractor:
         loss_cfg = _eval_loss(cfg.loss)
         self.budget = factory.window_budget(cfg, mesh, cfg.evals.batch_size)
 
+        table = sharding.config_rules(cfg)
+
         def forward(params, batch, memory):
             model = nnx.merge(graphdef, params)
-            out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                        max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], stage=stage, trace=trace,
-                        pack=self.budget)
+            with sharding.activation_sharding(mesh, table):
+                out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
+                            max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], stage=stage,
+                            trace=trace, pack=self.budget)
             loss, _ = objective.loss_terms(model, out, batch, loss_cfg)
             keep = {k: out[k] for k in ("window", "page", "doc", "trace") if k in out}
             if layout:

@@ -18,7 +18,7 @@ import numpy as np
 import ml_collections as mlc
 from flax import nnx
 
-from docjepa import losses
+from docjepa import losses, sharding
 from docjepa.models import hiera, layers, ttm
 
 # ImageNet statistics, as used to pretrain Meta's Hiera checkpoints.
@@ -313,6 +313,7 @@ class DocJEPA(nnx.Module):
         head_stage = () if self.layout_head is None else (self.layout_stage,)
         stages = tuple(sorted(set(head_stage) | ({stage} if stage is not None else set())))
         tokens, maps = self.encode_valid(patches, step_mask, stages, pack)  # [B, S, N, C]
+        tokens = sharding.constrain(tokens, ("act_batch", None, "act_length", "act_embed"))
         health = {"encoder_spread": token_spread(tokens, step_mask)} if train else {}
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from docjepa import sharding
 from docjepa.models import layers
 
 # The reference uses torch's exact (erf) GELU.
@@ -153,6 +154,29 @@ def _max_pool(x: jax.Array, stride: int) -> jax.Array:
     return x.reshape(b, stride, n // stride, c).max(axis=1)
 
 
+# Logical axes of the residual stream [B, N, C] between blocks.
+TOKENS = ("act_batch", "act_length", "act_embed")
+
+
+class QKV(nnx.Module):
+    """The fused q/k/v projection with its kernel [dim, 3, heads, head_dim], annotated
+    ("embed", None, "heads", "kv"): tensor parallelism then splits whole heads, each device
+    holding the q, k and v of its heads, where a flat [dim, 3 * dim_out] kernel cut into
+    contiguous blocks would hand one device all of q and part of k (Meta's layout, converted on
+    load and export)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
+        self.kernel = layers.param(init, (dim, 3, heads, head_dim), ("embed", None, "heads", "kv"), rngs)
+        self.bias = layers.param(nnx.initializers.zeros_init(), (3, heads, head_dim), (None, "heads", "kv"), rngs)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[..., dim] -> [..., 3, heads, head_dim]."""
+        kernel, bias = self.kernel[...].astype(self.dtype), self.bias[...].astype(self.dtype)
+        return jnp.einsum("...c,cthd->...thd", x.astype(self.dtype), kernel) + bias
+
+
 class MaskUnitAttention(nnx.Module):
     """Attention inside mask units (windows of contiguous unrolled tokens) or global, with
     optional q-pooling: queries are max-pooled so the block's output has 1/q_stride tokens."""
@@ -162,7 +186,7 @@ class MaskUnitAttention(nnx.Module):
         self.heads, self.dim_out = heads, dim_out
         self.q_stride, self.window_size = q_stride, window_size
         self.use_mask_unit_attn, self.softmax_fp32 = use_mask_unit_attn, softmax_fp32
-        self.qkv = layers.dense(dim, 3 * dim_out, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.qkv = QKV(dim, heads, dim_out // heads, dtype=dtype, rngs=rngs)
         self.proj = layers.dense(dim_out, dim_out, ("heads", "embed"), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -170,6 +194,7 @@ class MaskUnitAttention(nnx.Module):
         windows = n // (self.q_stride * self.window_size) if self.use_mask_unit_attn else 1
         # Token t of window w sits at t * windows + w (mask units are the trailing axis).
         qkv = self.qkv(x).reshape(b, n // windows, windows, 3, self.heads, self.dim_out // self.heads)
+        qkv = sharding.constrain(qkv, ("act_batch", None, None, None, "act_heads", None))
         q, k, v = (qkv[:, :, :, i].transpose(0, 2, 3, 1, 4) for i in range(3))  # [B, W, H, T, D]
         if self.q_stride > 1:
             q = q.reshape(*q.shape[:3], self.q_stride, -1, q.shape[-1]).max(axis=3)
@@ -253,7 +278,7 @@ class Hiera(nnx.Module):
                              f"got shape {tuple(x.shape)}")
         levels = len(cfg.stages) - 1
         x = self.patch_embed(x) + self.pos_embed[...].reshape(1, *cfg.tokens_shape, -1).astype(cfg.dtype)
-        x = unroll(x, levels, cfg.q_stride)
+        x = sharding.constrain(unroll(x, levels, cfg.q_stride), TOKENS)
 
         def run(block: HieraBlock, y: jax.Array) -> jax.Array:
             return block(y, deterministic=deterministic)
@@ -262,7 +287,7 @@ class Hiera(nnx.Module):
             run = nnx.remat(run)
         intermediates, stage = [], 0
         for i, block in enumerate(self.blocks):
-            x = run(block, x)
+            x = sharding.constrain(run(block, x), TOKENS)
             if return_intermediates and i in self.stage_ends:
                 size = [t // q ** stage for t, q in zip(cfg.tokens_shape, cfg.q_stride)]
                 intermediates.append(reroll(x, levels - stage, size, cfg.q_stride))
@@ -319,7 +344,13 @@ def _meta_targets(model: Hiera) -> dict[str, _Target]:
     targets["pos_embed"] = (model.pos_embed, (1, *model.pos_embed.shape), lambda a: a[0], lambda a: a[None])
     for i, block in enumerate(model.blocks):
         norm(f"blocks.{i}.norm1", block.norm1)
-        linear(f"blocks.{i}.attn.qkv", block.attn.qkv)
+        qkv = block.attn.qkv
+        _, _, heads, hd = qkv.kernel.shape
+        targets[f"blocks.{i}.attn.qkv.weight"] = (  # PyTorch [3 * dim_out, dim], rows (3, heads, hd)
+            qkv.kernel, (3 * heads * hd, qkv.kernel.shape[0]),
+            lambda a, s=qkv.kernel.shape: a.T.reshape(s), lambda a: a.reshape(a.shape[0], -1).T)
+        targets[f"blocks.{i}.attn.qkv.bias"] = (qkv.bias, (3 * heads * hd,), lambda a, s=qkv.bias.shape: a.reshape(s),
+                                                lambda a: a.reshape(-1))
         linear(f"blocks.{i}.attn.proj", block.attn.proj)
         norm(f"blocks.{i}.norm2", block.norm2)
         linear(f"blocks.{i}.mlp.fc1", block.mlp.fc1)

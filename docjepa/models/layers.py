@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from docjepa import sharding
+
 Axes = Sequence[str | None]
 
 
@@ -64,7 +66,8 @@ class Mlp(nnx.Module):
         self.act = act
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.act(self.fc1(x)))
+        hidden = sharding.constrain(self.fc1(x), ("act_batch", *[None] * (x.ndim - 2), "act_mlp"))
+        return self.fc2(self.act(hidden))
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:

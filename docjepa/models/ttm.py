@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from docjepa import sharding
 from docjepa.models import layers
 
 # TokenLearner v1.1 in scenic uses a 64-wide bottleneck for its attention-map MLP.
@@ -210,6 +211,7 @@ class TokenTuringMachine(nnx.Module):
 
         def body(mem: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, ...]]:
             mem, out = nnx.merge(graphdef, state).step(mem, *xs)
+            mem = sharding.constrain(mem, ("act_batch", None, "act_embed"))  # the carry stays with its rows
             return mem, ((out, mem.mean(axis=1)) if trace else (out,))
 
         memory, ys = jax.lax.scan(body, memory, (inputs.swapaxes(0, 1), step_mask.swapaxes(0, 1).astype(bool)))
