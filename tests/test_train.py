@@ -113,7 +113,9 @@ def _one_step(cfg, mesh, batch, dim, bank=None):
 
 
 def test_sharded_step_matches_single_device():
-    """(data=2, fsdp=2, tensor=2) over 8 devices == 1 device, in float64.
+    """(data=2, fsdp=2, tensor=2) over 8 devices == 1 device, in float64; and the same with the
+    ring-chunked SigLIP (`loss.chunked`: text blocks passed around the 4 batch shards, no
+    device holding the global logits) through the real train step.
 
     Sharding changes only the order of floating-point reductions (split contractions, psums
     of partial gradients). In float64 that moves a result by ~1e-15 relative per operation,
@@ -134,13 +136,16 @@ def test_sharded_step_matches_single_device():
         eight = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
         m1, _, p1, _, mu1, mem1 = _one_step(cfg, one, batch, dim, bank)
         m8, before, p8, sh8, mu8, mem8 = _one_step(cfg, eight, batch, dim, bank)
+        cfg.loss.chunked = True
+        m8r, _, p8r, _, mu8r, _ = _one_step(cfg, eight, batch, dim, bank)
     assert m1["loss/window_bank"] > 0 and m1["loss/page_bank"] > 0  # the bank terms take part
     assert p1["window_head"]["proj"]["kernel"].dtype == np.float64 and m1["loss"].dtype == np.float64
     # The 8-device layout really is sharded: some weights are split over fsdp and tensor.
     specs = {str(s.spec) for s in jax.tree.leaves(sh8["params"])}
     assert any("fsdp" in s for s in specs) and any("tensor" in s for s in specs)
-    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-9)
-    np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-9)
+    for m in (m8, m8r):
+        np.testing.assert_allclose(m["loss"], m1["loss"], rtol=1e-9)
+        np.testing.assert_allclose(m["grad_norm"], m1["grad_norm"], rtol=1e-9)
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), p1, before)
     assert max(jax.tree.leaves(moved)) > 1e-4  # the step changed the parameters
 
@@ -148,10 +153,12 @@ def test_sharded_step_matches_single_device():
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * max(np.abs(b).max(), 1e-3))
 
     jax.tree.map(close, mu8, mu1)
+    jax.tree.map(close, mu8r, mu1)
     # Adam's first update is lr * g / (|g| + eps): where the exact gradient is zero (attention
     # key biases, by the softmax's shift invariance) rounding noise |g| ~ 1e-17 moves a parameter
     # by lr |g| / eps ~ 1e-12, differently per layout. A bug moves it by ~lr = 1e-3.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-9), p8, p1)
+    for p in (p8, p8r):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-9), p, p1)
     # The streams' carried memory (rows sharded over data x fsdp) is the same computation.
     assert sh8["memory"].spec[0] == ("data", "fsdp") and mem8.shape[:2] == (4, 16)
     np.testing.assert_allclose(mem8, mem1, rtol=0, atol=1e-10)
