@@ -74,6 +74,7 @@ def base() -> mlc.ConfigDict:
     c.model.center_momentum = 0.9        # running mean used at evaluation (EMA per step)
     c.model.embed_dim = 0                # 0 = the text encoder's width, read from the manifest
     c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay fp32)
+    c.model.pixels = "imagenet"          # input normalisation (models/docjepa.py PIXELS): imagenet | ink
 
     # Loss.
     c.loss = mlc.ConfigDict()

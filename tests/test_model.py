@@ -195,3 +195,14 @@ def test_packed_encoding_equals_dense_on_real_windows():
     assert pipeline.window_budget(1.0, 8, 16) is None
     with pytest.raises(pipeline.DataError, match="window_capacity"):
         pipeline.window_budget(0.0, 8, 16)
+
+
+def test_pixel_normalisations():
+    """"imagenet" is what Meta's weights expect; "ink" puts blank paper at exactly 0 in every
+    channel (no constant offset on a mostly blank window) and black ink at 255 / 64."""
+    from docjepa.models.docjepa import PIXELS
+
+    paper, ink = np.full((1, 3), 255.0, np.float32), np.zeros((1, 3), np.float32)
+    np.testing.assert_array_equal(PIXELS["ink"](paper), 0.0)
+    np.testing.assert_allclose(PIXELS["ink"](ink), 255.0 / 64.0)
+    np.testing.assert_allclose(PIXELS["imagenet"](paper), [[2.2489, 2.4286, 2.64]], atol=1e-3)

@@ -25,6 +25,16 @@ from docjepa.models import hiera, layers, ttm
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
 _STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 
+# Pixel normalisations (`model.pixels`), uint8 -> float. "imagenet" is what Meta's weights
+# expect. "ink" (for training from scratch) inverts the page: paper is 0 and black ink 4, so
+# the mostly blank input adds no constant to every token; with ImageNet statistics paper sits
+# at +2.1 everywhere, and a linear classifier of window thumbnails trained with Adam learns
+# about half as much in 100 steps from such an offset input (docs/evaluation.md).
+PIXELS = {
+    "imagenet": lambda x: (x - _MEAN) / _STD,
+    "ink": lambda x: (255.0 - x) / 64.0,
+}
+
 # Compute dtypes. float64 (under `jax.enable_x64`) is for numerical checks such as the
 # sharded-vs-one-device test, not a training option (config validation refuses it).
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -227,10 +237,11 @@ class DocJEPA(nnx.Module):
         self.page_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, bias_init["page"])
         self.doc_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, bias_init["doc"])
         self.dtype = dtype
+        self.pixels = cfg.get("pixels", "imagenet")
 
     def _pixels(self, patches: jax.Array) -> jax.Array:
         """uint8 [..., H, W, 3] -> normalised [n, H, W, 3] in the compute dtype."""
-        x = (patches.astype(jnp.float32) - _MEAN) / _STD
+        x = PIXELS[self.pixels](patches.astype(jnp.float32))
         return x.reshape(-1, *patches.shape[-3:]).astype(self.dtype)
 
     def encode_patches(self, patches: jax.Array, stages: tuple[int, ...] = ()) -> tuple[jax.Array, dict[int, jax.Array]]:
