@@ -1,44 +1,57 @@
-"""Can the encoder learn to see in a budget? A supervised probe of training from scratch.
+"""Can the encoder learn to see in a budget? A probe of training Hiera from scratch on windows.
 
-Trains the config's Hiera (random init) with a LayerNorm + linear head on one visual task,
-the document category of a window, with cross-entropy on `--batch` windows drawn uniformly
-from the training split per step (no streams, no text, no augmentation), and beside it a
-linear classifier on 32 x 32 thumbnails of the same windows under each pixel normalisation
-(`model.pixels`), same optimiser and batches. Validation accuracy every 50 steps, and the
-majority rate.
+Trains the config's Hiera (random init) with a LayerNorm + linear head on `--batch` windows
+drawn uniformly from the training split per step (no streams, no memory, no augmentation), and
+beside it the same head on 32 x 32 thumbnails of the same windows under each pixel
+normalisation (`model.pixels`), same optimiser and batches. `--objective`:
+
+- `category`: cross-entropy on the document category of the window; validation accuracy and
+  the majority rate.
+- `siglip`: the window text objective alone, SigLIP between the head's embedding and the
+  window's (centred) text target over the batch, learnable t' and b as in training; validation
+  window image->text R@1 / R@10 against every validation window's target, and the spread of
+  the pooled features across windows (`health/encoder_spread`'s measure).
 
     PYTHONPATH=. python bench/encoder_probe.py --config configs/demo.py --data data/demo --steps 100 --pixels ink
+    PYTHONPATH=. python bench/encoder_probe.py --config configs/demo.py --data data/demo --objective siglip --pixels ink
 
 If the thumbnail classifier learns the task and Hiera does not, no objective built on Hiera's
-features can use what the images show within that many steps (docs/evaluation.md).
+features can use what the images show within that many steps; if Hiera learns the text
+objective here but not in training, the difference is in what lies between (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from typing import Callable
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from bench import common
-from docjepa import state as factory
+from docjepa import losses, state as factory
 from docjepa.data import pipeline
 from docjepa.models import layers
-from docjepa.models.docjepa import PIXELS
+from docjepa.models.docjepa import PIXELS, l2_normalize
 
 
-def windows(data: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every window of a split ([n, 224, 224, 3] uint8) and its document's category id."""
-    x, y = [], []
-    for b in pipeline.eval_batches(data, split, batch_size=8, max_steps=12, max_pages=2, min_words=0, center=False):
-        m = b["step_mask"] & b["example_mask"][:, None]
-        x.append(b["patches"][m])
-        y.append(np.broadcast_to(b["category_id"][:, None], m.shape)[m])
-    return np.concatenate(x), np.concatenate(y)
+def windows(data: str, split: str) -> dict[str, np.ndarray]:
+    """Every window of a split with a text target: pixels [n, 224, 224, 3] uint8, its document's
+    category id, its centred text target and text id."""
+    out = {"x": [], "category": [], "emb": [], "text_id": []}
+    for b in pipeline.eval_batches(data, split, batch_size=8, max_steps=12, max_pages=2, min_words=1, center=True):
+        m = b["window_mask"] & b["step_mask"] & b["example_mask"][:, None]
+        out["x"].append(b["patches"][m])
+        out["category"].append(np.broadcast_to(b["category_id"][:, None], m.shape)[m])
+        out["emb"].append(b["window_emb"][m])
+        out["text_id"].append(b["window_text_id"][m])
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def thumbnails(x: np.ndarray, pixels: str) -> np.ndarray:
@@ -48,44 +61,84 @@ def thumbnails(x: np.ndarray, pixels: str) -> np.ndarray:
 
 
 class Probe(nnx.Module):
-    """Hiera -> mean token -> LayerNorm -> linear, or (thumbnails) linear alone."""
+    """Hiera -> mean token -> LayerNorm -> linear, or (thumbnails) linear alone; with `siglip`,
+    the output is L2-normalised and SigLIP's t' and b ride along."""
 
-    def __init__(self, encoder: nnx.Module | None, dim: int, classes: int):
+    def __init__(self, encoder: nnx.Module | None, dim: int, out: int, siglip: bool, batch: int):
         self.encoder = encoder
         self.norm = layers.layer_norm(dim, rngs=nnx.Rngs(1)) if encoder is not None else None
-        self.head = layers.dense(dim, classes, ("embed", None), rngs=nnx.Rngs(2))
+        self.head = layers.dense(dim, out, ("embed", None), rngs=nnx.Rngs(2))
+        self.scale = losses.SigLIPTemperature(math.log(10.0), -math.log(batch)) if siglip else None
+
+    def features(self, x: jax.Array) -> jax.Array:
+        if self.encoder is None:
+            return x
+        tokens, _ = self.encoder.encode_patches(x)
+        return tokens.mean(axis=-2)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.encoder is not None:
-            tokens, _ = self.encoder.encode_patches(x)
-            x = self.norm(tokens.mean(axis=-2))
-        return self.head(x)
+        x = self.features(x)
+        y = self.head(x if self.norm is None else self.norm(x))
+        return y if self.scale is None else l2_normalize(y)
 
 
-def train(probe: Probe, xt: np.ndarray, yt: np.ndarray, xv: np.ndarray, yv: np.ndarray, *, steps: int, lr: float,
+def spread(f: np.ndarray) -> float:
+    """RMS over channels of the std across windows, over the RMS of the features."""
+    return float(np.sqrt(f.var(axis=0).mean() / max(np.square(f).mean(), 1e-12)))
+
+
+def recall(emb: np.ndarray, target: np.ndarray, text_id: np.ndarray) -> tuple[float, float]:
+    """Image->text R@1 / R@10 of each window among every window's target (equal texts count)."""
+    sims = emb @ target.T
+    top = np.argsort(-sims, axis=1)[:, :10]
+    hit = text_id[top] == text_id[:, None]
+    return float(hit[:, 0].mean()), float(hit.any(axis=1).mean())
+
+
+# objective -> (loss of (probe, x, batch of the split's columns), validation report of the probe)
+OBJECTIVES: dict[str, tuple[Callable, Callable]] = {
+    "category": (
+        lambda probe, x, b: optax.softmax_cross_entropy_with_integer_labels(probe(x), b["category"]).mean(),
+        lambda out, feats, v: f"val accuracy {np.mean(out.argmax(-1) == v['category']):.3f}",
+    ),
+    "siglip": (
+        lambda probe, x, b: losses.sigmoid_loss(probe(x), b["emb"], *probe.scale(),
+                                                labels=losses.labels_from_ids(b["text_id"], b["text_id"])),
+        lambda out, feats, v: "val window R@1 / R@10 {:.4f} / {:.4f}, feature spread {:.4f}".format(
+            *recall(out, v["emb"], v["text_id"]), spread(feats)),
+    ),
+}
+
+
+def train(probe: Probe, xt: np.ndarray, t: dict, xv: np.ndarray, v: dict, *, objective: str, steps: int, lr: float,
           batch: int, name: str) -> None:
+    loss_fn, report = OBJECTIVES[objective]
     graphdef, params = nnx.split(probe, nnx.Param)
     params = nnx.to_pure_dict(params)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(15, steps // 4), steps), weight_decay=0.05)
     opt = tx.init(params)
 
     @jax.jit
-    def step(params, opt, x, y):
-        def loss(p):
-            return optax.softmax_cross_entropy_with_integer_labels(nnx.merge(graphdef, p)(x), y).mean()
-        value, grads = jax.value_and_grad(loss)(params)
+    def step(params, opt, x, b):
+        value, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), x, b))(params)
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), opt, value
 
-    predict = jax.jit(lambda params, x: nnx.merge(graphdef, params)(x).argmax(-1))
-    rng, t0, losses = np.random.default_rng(0), time.time(), []
+    @jax.jit
+    def predict(params, x):
+        probe = nnx.merge(graphdef, params)
+        return probe(x), probe.features(x)
+
+    columns = [k for k in t if k != "x"]
+    rng, t0, values = np.random.default_rng(0), time.time(), []
     for i in range(1, steps + 1):
         idx = rng.choice(len(xt), batch, replace=False)
-        params, opt, value = step(params, opt, xt[idx], yt[idx])
-        losses.append(float(value))
+        params, opt, value = step(params, opt, xt[idx], {k: jnp.asarray(t[k][idx]) for k in columns})
+        values.append(float(value))
         if i % 50 == 0 or i == steps:
-            pred = np.concatenate([np.asarray(predict(params, xv[j:j + 64])) for j in range(0, len(xv), 64)])
-            print(f"{name} step {i}: train loss {np.mean(losses[-50:]):.3f}, val accuracy {np.mean(pred == yv):.3f} "
+            out, feats = (np.concatenate(z) for z in zip(*(
+                jax.device_get(predict(params, xv[j:j + 64])) for j in range(0, len(xv), 64))))
+            print(f"{name} step {i}: train loss {np.mean(values[-50:]):.3f}, {report(out, feats, v)} "
                   f"({time.time() - t0:.0f} s)", flush=True)
 
 
@@ -93,25 +146,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/demo.py")
     parser.add_argument("--data", required=True)
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="category")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=60)
     parser.add_argument("--pixels", choices=sorted(PIXELS), default=None, help="model.pixels (default: the config's)")
+    parser.add_argument("--skip_thumbnails", action="store_true", help="train Hiera only")
     args = parser.parse_args()
     cfg = common.load_config(args.config)
     if args.pixels:
         cfg.model.pixels = args.pixels
-    xt, yt = windows(args.data, "train")
-    xv, yv = windows(args.data, "val")
+    t, v = windows(args.data, "train"), windows(args.data, "val")
     classes = len(pipeline.read_manifest(args.data)["categories"])
-    print(f"{len(xt)} training / {len(xv)} validation windows, {classes} categories, "
-          f"majority rate {np.bincount(yv).max() / len(yv):.3f}; {common.machine()}", flush=True)
-    for pixels in PIXELS:
-        train(Probe(None, 32 * 32 * 3, classes), thumbnails(xt, pixels), yt, thumbnails(xv, pixels), yv,
-              steps=args.steps, lr=args.lr, batch=args.batch, name=f"linear on 32x32 thumbnails, {pixels} pixels")
-    model = factory.build_model(cfg, 384, cfg.seed)
-    train(Probe(model, model.encoder.out_dim, classes), xt, yt, xv, yv, steps=args.steps,
-          lr=args.lr, batch=args.batch, name=f"{cfg.model.hiera.name} from scratch, {cfg.model.pixels} pixels")
+    dim = t["emb"].shape[1]
+    out = classes if args.objective == "category" else dim
+    chance = (f"majority rate {np.bincount(v['category']).max() / len(v['category']):.3f}" if args.objective == "category"
+              else "chance R@1 / R@10 {:.4f} / {:.4f}".format(*(np.mean([np.sum(v["text_id"] == i) * k / len(v["text_id"])
+                                                                        for i in v["text_id"]]) for k in (1, 10))))
+    print(f"{len(t['x'])} training / {len(v['x'])} validation windows, {classes} categories, {chance}; "
+          f"{common.machine()}", flush=True)
+    kw = dict(objective=args.objective, steps=args.steps, lr=args.lr, batch=args.batch)
+    if not args.skip_thumbnails:
+        for pixels in PIXELS:
+            train(Probe(None, 32 * 32 * 3, out, args.objective == "siglip", args.batch), thumbnails(t["x"], pixels), t,
+                  thumbnails(v["x"], pixels), v, name=f"linear on 32x32 thumbnails, {pixels} pixels", **kw)
+    model = factory.build_model(cfg, dim, cfg.seed)
+    train(Probe(model, model.encoder.out_dim, out, args.objective == "siglip", args.batch), t["x"], t, v["x"], v,
+          name=f"{cfg.model.hiera.name} from scratch, {cfg.model.pixels} pixels", **kw)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,10 @@ def small_step():
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     tx, schedule = factory.build_optimizer(cfg.optim, 10, factory.decay_mask(abstract_params))
     step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh))
-    return cfg, dim, graphdef, step, lambda: factory.init_train_state(make_model(), tx, cfg.data.batch_size)
+    # Committed to the device like the step's outputs, so the step compiles once for both.
+    init = jax.jit(lambda: factory.init_train_state(make_model(), tx, cfg.data.batch_size),
+                   out_shardings=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return cfg, dim, graphdef, step, init
 
 
 @pytest.mark.xdist_group("small_step")  # one compile of the shared step
