@@ -53,7 +53,10 @@ def test_train_step_memorises_a_fixed_batch(synth_corpus):
     steps = 60  # the whole cosine schedule: the centring's running mean settles as the lr decays
     tx, schedule = factory.build_optimizer(cfg.optim, steps, factory.decay_mask(abstract))
     state = jax.jit(lambda: factory.init_train_state(make_model(), tx, cfg.data.batch_size))()
-    step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh))
+    # Sixty steps run here, so the step is compiled with LLVM's optimisations, which the suite
+    # otherwise turns off to compile faster (conftest.py).
+    step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh),
+                   compiler_options={"xla_backend_optimization_level": 3})
     # The frozen model's window embeddings of the batch, compiled once for both checks.
     embed = jax.jit(lambda params: nnx.merge(graphdef, params)(
         batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
