@@ -193,7 +193,7 @@ def _hf_key(path: tuple[Any, ...]) -> tuple[str, bool]:
     return f"encoder.layer.{index}.{_LAYER_MODULES[tuple(module)]}.{_LEAVES[leaf]}", leaf == "kernel"
 
 
-def _read_safetensors(model_dir: Path) -> dict[str, np.ndarray]:
+def read_safetensors(model_dir: Path) -> dict[str, np.ndarray]:
     """All tensors of the checkpoint, with a leading "bert."/"roberta." prefix removed."""
     single = model_dir / "model.safetensors"
     index = model_dir / "model.safetensors.index.json"
@@ -218,7 +218,7 @@ def load_encoder(model_dir: str | Path, dtype: jnp.dtype = jnp.float32) -> tuple
     """Build `Encoder` from config.json and fill it from the safetensors checkpoint (fp32 params)."""
     model_dir = Path(model_dir)
     cfg = EncoderConfig.from_json(_require(model_dir, "config.json"))
-    tensors = _read_safetensors(model_dir)
+    tensors = read_safetensors(model_dir)
     abstract = nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype))
     graphdef, state = nnx.split(abstract)
     flat = []
