@@ -80,11 +80,15 @@ def train(config: str, data: Path, workdir: Path, steps: int, ckpt_every: int, e
 
 
 def final_state(workdir: Path, step: int) -> dict[str, np.ndarray]:
-    """Parameters and carried memory saved at `step`, flattened to {path: array}."""
+    """Parameters and carried memory saved at `step`, flattened to {path: array}; read onto one
+    device, so a checkpoint of any mesh or number of processes can be read."""
     import jax
     import orbax.checkpoint as ocp
 
-    tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    path, reader = workdir / "checkpoints" / str(step) / "state", ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    tree = reader.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                             reader.metadata(path).item_metadata))
     flat, _ = jax.tree_util.tree_flatten_with_path({k: tree[k] for k in ("params", "memory") if k in tree})
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 

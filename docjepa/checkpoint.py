@@ -2,12 +2,15 @@
 
 Both items are written under one step directory, so a resumed run restores the model,
 the optimizer, and the exact position in the data stream: it sees the same batches an
-uninterrupted run would. Saves are asynchronous; orbax commits a step atomically (a
-temporary directory renamed at the end), so a crash mid-save leaves the previous step.
+uninterrupted run would, on any mesh and any number of processes (elastic resume: orbax lays
+the arrays out on the new shardings, `DocStreams.resplit` deals out the data streams). Saves
+are asynchronous; orbax commits a step atomically (a temporary directory renamed at the end),
+so a crash mid-save leaves the previous step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
@@ -64,14 +67,18 @@ class Checkpointer:
         return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, step: int | None, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-        """Restore `state` onto the shardings of `abstract_state` (and the iterator in place)."""
+        """Restore `state` onto the shardings of `abstract_state` and the iterator (a
+        `pipeline.DocStreams`) in place, from the states of all the processes that saved.
+
+        Not through grain's handler, which reads only the file of this run's process index and
+        count: with it a run could resume on the process count that saved it only."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            data_iterator.resplit(data_states(self.directory / str(step) / "data"), jax.process_index(),
+                                  jax.process_count())
         return restored["state"]
 
     def wait(self) -> None:
@@ -79,6 +86,13 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def data_states(directory: epath.Path) -> list[dict[str, Any]]:
+    """The data iterator states grain's handler saved in `directory` (a step's `data`), one per
+    process of the run that saved, in process order."""
+    count = len(list(directory.glob("process_*-of-*.json")))
+    return [json.loads((directory / f"process_{p}-of-{count}.json").read_text()) for p in range(count)]
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

@@ -271,29 +271,6 @@ def test_nan_guard_stops_after_k_in_a_row(synth_corpus, tmp_path, jax_cache):
 
 
 @subprocess_group
-def test_two_processes_train_checkpoint_and_resume(synth_corpus, tmp_path, jax_cache):
-    """launch/local.sh: 2 processes x 2 CPU devices (gloo), each reading its own shard."""
-    wd = tmp_path / "w"
-
-    def launch(steps):
-        cmd = ["bash", "launch/local.sh", "2", "--cpu-devices", "2", "--", *tu.train_cmd(synth_corpus, wd, steps,
-               "--config.train.ckpt_every=3", "--config.data.batch_size=4")]
-        e = tu.env(cache=jax_cache)
-        e["LOG_DIR"] = str(tmp_path / f"logs{steps}")
-        r = subprocess.run(cmd, cwd=tu.ROOT, env=e, capture_output=True, text=True, timeout=900)
-        other = (tmp_path / f"logs{steps}" / "process_1.log").read_text()
-        assert r.returncode == 0, r.stderr[-3000:] + other[-3000:]
-        return r.stderr, other
-
-    out0, out1 = launch(3)
-    assert "mesh {'data': 4, 'fsdp': 1, 'tensor': 1} over 4 devices, 2 processes" in out0
-    assert tu.checkpoint_steps(wd) == [3]
-    out0, out1 = launch(5)
-    assert "resumed from step 3" in out0 and "resumed from step 3" in out1
-    assert tu.checkpoint_steps(wd) == [3, 5]
-
-
-@subprocess_group
 def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
     # Under a window budget (6 of the 8 slots of a step): rows wait and Hiera sees packed
     # windows, and the resume still restores the streams' turn exactly.

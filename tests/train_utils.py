@@ -49,6 +49,19 @@ def run(cmd: list[str], devices: int = 1, cache: Path | None = None, timeout: in
     return subprocess.run(cmd, cwd=ROOT, env=env(devices, cache), capture_output=True, text=True, timeout=timeout)
 
 
+def run_processes(k: int, devices: int, cmd: list[str], log_dir: Path, cache: Path | None = None,
+                  timeout: int = 900) -> tuple[str, str]:
+    """Run `cmd` as `k` cooperating processes of `devices` CPU devices each (launch/local.sh, gloo);
+    the stderr of process 0 and the log of process 1, after asserting that all exited with 0."""
+    e = env(cache=cache)
+    e["LOG_DIR"] = str(log_dir)
+    r = subprocess.run(["bash", "launch/local.sh", str(k), "--cpu-devices", str(devices), "--", *cmd], cwd=ROOT,
+                       env=e, capture_output=True, text=True, timeout=timeout)
+    other = (log_dir / "process_1.log").read_text()
+    assert r.returncode == 0, r.stderr[-3000:] + other[-3000:]
+    return r.stderr, other
+
+
 def wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
     """Block until metrics.jsonl records `step` (the run logs every step)."""
     path = workdir / "metrics.jsonl"
@@ -69,7 +82,8 @@ def checkpoint_steps(workdir: Path) -> list[int]:
 
 def load_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
     """The saved parameters of `step` and, with the TTM, the streams' carried memory, flattened
-    to {path: array}, read without a target (the reader bench/device_check.py compares with)."""
+    to {path: array}, read onto one device whatever mesh or processes saved it (the reader
+    bench/device_check.py compares with)."""
     from bench.device_check import final_state
 
     return final_state(workdir, step)

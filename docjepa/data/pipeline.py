@@ -7,13 +7,15 @@ document ends, so the model's memory can be carried from a row's step t to its s
 (`reset` marks a row whose chunk begins a document, `doc_end` one whose chunk ends it). The
 graph is
 
-    range(n)[process::count] -> shuffle(seed) -> repeat -> load (MapDataset, random access)
+    range(n)[shard::shards] -> shuffle(seed) -> repeat -> load (MapDataset, random access)
       -> DocStreams(rows): next chunk per row -> pixels+augment -> stacked batch
 
 so every random choice is a function of (seed, epoch, index, chunk) and the iterator state is
-a few integers (the next document and each row's document and chunk): `it.get_state()` /
-`it.set_state()` resume exactly, and grain's orbax handler
-(`grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`) stores it.
+a few integers (each row's document and chunk, and where its shard's next document is; a
+training run's shards are its processes when it started): `it.get_state()` / `it.set_state()`
+resume exactly, grain's orbax handler (`grain.checkpoint.CheckpointSave(it)` /
+`CheckpointRestore(it)`) stores it, and `it.resplit(states, ...)` resumes the streams of a run
+on another process count.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import concurrent.futures
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import cv2
@@ -284,7 +286,7 @@ class _Load(grain.transforms.RandomMap):
 
 
 class DocStreams(grain.DatasetIterator):
-    """`rows` document streams over a random-access dataset of documents, one batch per step.
+    """`rows` document streams over random-access datasets of documents, one batch per step.
 
     Each row emits its document's next chunk; when the document is done it takes the next
     unread document (`reset` set on that example). A row with nothing left to read emits
@@ -294,39 +296,65 @@ class DocStreams(grain.DatasetIterator):
     memory carries through unchanged). With `limit`, no document starts once that many chunks
     have been emitted or queued (evaluation on a budget). `threads` build a batch's examples in
     parallel (decode, cut, augment); the output does not depend on it.
+
+    The documents are `shards` disjoint datasets, `split(shard, shards)`. Rows take their next
+    document from a *source* `[shard, next, stride, rows]`: positions `next, next + stride, ...`
+    of one shard, shared by `rows` consecutive rows. A fresh iterator has one source, the whole
+    of shard `shard`; `resplit` hands the sources of another process count's iterators to this
+    one (elastic resume), so a row's documents never depend on which process reads them.
     """
 
-    def __init__(self, docs: grain.MapDataset, rows: int, spec: _Spec, *, augment: bool, threads: int = 0,
-                 limit: int | None = None, with_ocr: bool = False, budget: Budget | None = None):
+    def __init__(self, split: Callable[[int, int], grain.MapDataset], rows: int, spec: _Spec, *, augment: bool,
+                 shard: int = 0, shards: int = 1, threads: int = 0, limit: int | None = None,
+                 with_ocr: bool = False, budget: Budget | None = None):
         super().__init__()
         self._pool = None  # set before anything can raise: grain's __del__ calls close()
         if budget is not None and (rows % budget.rows or budget.windows < spec.max_steps):
             raise DataError(f"window budget {budget}: must split {rows} rows into groups and hold a "
                             f"{spec.max_steps}-window chunk")
-        self._docs, self._spec, self._augment = docs, spec, augment
+        self._split, self._spec, self._augment = split, spec, augment
         self._limit, self._with_ocr, self._budget = limit, with_ocr, budget
         self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads else None
-        self._next, self._emitted, self._turn = 0, 0, 0
+        self._emitted, self._turn = 0, 0
         self._rows: list[tuple[int, int]] = [(-1, -1)] * rows  # (document position, chunk) each row emits next
-        self._cache: dict[int, list[dict[str, Any]]] = {}
+        self._cache: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        self._shards, self._docs = 0, {}
+        self._set_sources(shards, [[shard, 0, 1, rows]])
 
-    def _chunks(self, pos: int) -> list[dict[str, Any]]:
-        if pos not in self._cache:
-            self._cache[pos] = self._spec.chunks(self._docs[pos])
-        return self._cache[pos]
+    def _set_sources(self, shards: int, sources: list[list[int]]) -> None:
+        if shards != self._shards:
+            self._shards, self._docs = shards, {}
+        self._sources = sources
+        self._source_of = [src for src in sources for _ in range(src[3])]  # each row's
+
+    def _shard(self, shard: int) -> grain.MapDataset:
+        if shard not in self._docs:
+            self._docs[shard] = self._split(shard, self._shards)
+        return self._docs[shard]
+
+    def _key(self, row: int) -> tuple[int, int]:
+        """(shard, position) of the document `row` reads."""
+        return self._source_of[row][0], self._rows[row][0]
+
+    def _chunks(self, row: int) -> list[dict[str, Any]]:
+        key = self._key(row)
+        if key not in self._cache:
+            self._cache[key] = self._spec.chunks(self._shard(key[0])[key[1]])
+        return self._cache[key]
 
     def _start(self, row: int, queued: int) -> None:
-        """Give an idle row the next unread document that has windows."""
-        while self._next < len(self._docs) and (self._limit is None or self._emitted + queued < self._limit):
-            pos, self._next = self._next, self._next + 1
-            if self._chunks(pos):  # a document without windows is skipped
-                self._rows[row] = (pos, 0)
+        """Give an idle row the next unread document of its source that has windows."""
+        src = self._source_of[row]
+        while src[1] < len(self._shard(src[0])) and (self._limit is None or self._emitted + queued < self._limit):
+            self._rows[row], src[1] = (src[1], 0), src[1] + src[2]
+            if self._chunks(row):  # a document without windows is skipped
                 return
+        self._rows[row] = (-1, -1)
 
     def _chosen(self) -> list[bool]:
         """Which rows emit their chunk this step: all with one, or under the budget, those that
         fit their group's windows, taken in this step's turn (the first always fits)."""
-        heads = [self._chunks(pos)[k] if pos >= 0 else None for pos, k in self._rows]
+        heads = [self._chunks(row)[k] if pos >= 0 else None for row, (pos, k) in enumerate(self._rows)]
         sizes = [0 if c is None else c["end"] - c["start"] for c in heads]
         chosen = [n > 0 for n in sizes]
         if self._budget is None:
@@ -363,7 +391,7 @@ class DocStreams(grain.DatasetIterator):
         if all(pos < 0 for pos, _ in self._rows):
             raise StopIteration
         chosen = self._chosen()
-        chunks = [self._chunks(pos)[k] if go else None for (pos, k), go in zip(self._rows, chosen)]
+        chunks = [self._chunks(row)[k] if go else None for row, ((_, k), go) in enumerate(zip(self._rows, chosen))]
         waits = [pos >= 0 and not go for (pos, _), go in zip(self._rows, chosen)]
         examples = list(self._pool.map(self._example, chunks, waits) if self._pool
                         else map(self._example, chunks, waits))
@@ -372,26 +400,60 @@ class DocStreams(grain.DatasetIterator):
             self._emitted += go
             if go:
                 pos, k = self._rows[row]
-                self._rows[row] = (pos, k + 1) if k + 1 < len(self._chunks(pos)) else (-1, -1)
+                self._rows[row] = (pos, k + 1) if k + 1 < len(self._chunks(row)) else (-1, -1)
         self._turn += 1
-        for pos in set(self._cache) - {pos for pos, _ in self._rows}:
-            del self._cache[pos]
+        for key in set(self._cache) - {self._key(row) for row in range(len(self._rows))}:
+            del self._cache[key]
         return _stack(examples)
 
     def get_state(self) -> dict[str, Any]:
-        return {"next": self._next, "emitted": self._emitted, "turn": self._turn,
-                "rows": [list(r) for r in self._rows]}
+        return {"shards": self._shards, "sources": [list(src) for src in self._sources], "emitted": self._emitted,
+                "turn": self._turn, "rows": [list(r) for r in self._rows]}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if len(state["rows"]) != len(self._rows):
-            raise DataError(f"data iterator state: {len(state['rows'])} rows, this run has {len(self._rows)} "
-                            "(the global batch size or the process count changed)")
-        if "turn" not in state:
+            raise DataError(f"data.batch_size: the data iterator state has {len(state['rows'])} rows for this "
+                            f"process, this run {len(self._rows)} (the global batch cannot change on resume)")
+        if state.get("turn") is None:
             raise DataError("data iterator state: written by an older docjepa (no 'turn'); its rows mean the "
                             "last chunk emitted, not the next one: restart the data from a fresh run")
-        self._next, self._emitted, self._turn = int(state["next"]), int(state["emitted"]), int(state["turn"])
+        self._emitted, self._turn = int(state["emitted"]), int(state["turn"])
+        self._set_sources(int(state["shards"]), [[int(x) for x in src] for src in state["sources"]])
         self._rows = [(int(p), int(k)) for p, k in state["rows"]]
         self._cache.clear()
+
+    def resplit(self, states: Sequence[dict[str, Any]], process_index: int, process_count: int) -> None:
+        """Resume as process `process_index` of `process_count` from `states`, those of every
+        process of the saved run in process order, however many there were (elastic resume).
+
+        Together they hold the global batch's rows in order (process p's are global rows
+        [p L, (p + 1) L), as `sharding.global_batch` lays them out and as the carried memory's
+        rows are stored), each row's (document, chunk) and the sources the rows read from. This
+        process takes its rows as they are, so each row goes on with its document and memory; a
+        source whose rows now fall on k processes is dealt out, the j-th of them reading every
+        k-th of its positions from the j-th on, so no document is read twice or skipped. A saved
+        process's `emitted` count goes to the process that takes its first row. States written
+        before sources existed had one per process: shard p of as many as processes, in order.
+        """
+        saved = [{"shards": len(states), "sources": [[p, s.get("next"), 1, len(s["rows"])]], **s}
+                 for p, s in enumerate(states)]
+        rows = [r for s in saved for r in s["rows"]]
+        n = len(self._rows)
+        if len(rows) != n * process_count:
+            raise DataError(f"data.batch_size: {n * process_count}, but the checkpoint's data iterator state "
+                            f"holds {len(rows)} streams (the global batch cannot change on resume)")
+        lo, hi = process_index * n, (process_index + 1) * n
+        sources, at = [], 0
+        for shard, position, stride, size in (src for s in saved for src in s["sources"]):
+            first, last = at // n, (at + size - 1) // n  # the processes that now hold its rows
+            if first <= process_index <= last:
+                sources.append([shard, position + (process_index - first) * stride, stride * (last - first + 1),
+                                min(at + size, hi) - max(at, lo)])
+            at += size
+        starts = np.cumsum([0] + [len(s["rows"]) for s in saved])
+        emitted = sum(s["emitted"] for s, start in zip(saved, starts) if lo <= start < hi)
+        self.set_state({"shards": saved[0]["shards"], "turn": saved[0].get("turn"), "emitted": emitted,
+                        "sources": sources, "rows": rows[lo:hi]})
 
     def close(self) -> None:
         if self._pool is not None:
@@ -440,7 +502,8 @@ def make_train_iterator(
 
     Documents are split across processes before shuffling, so hosts read disjoint records and
     each host's `local_batch_size` rows are its own streams (the global batch's rows are the
-    hosts' rows in process order, the same rows every step). Each epoch is reshuffled.
+    hosts' rows in process order, the same rows every step). Each epoch is reshuffled. A run
+    resumed on another process count keeps the shards it started with (`DocStreams.resplit`).
     """
     for name, minimum in (("max_steps", 1), ("max_pages", 1), ("min_words", 0),
                           ("worker_count", 0), ("shuffle_buffer", 0)):
@@ -465,14 +528,16 @@ def make_train_iterator(
     spec = _spec(manifest, data_dir, data_cfg.max_steps, data_cfg.max_pages, data_cfg.min_words,
                  data_cfg.center_targets, layout_grid)
 
-    ds = grain.MapDataset.range(len(source))[process_index::process_count]
-    if data_cfg.shuffle_buffer:
-        ds = grain.experimental.WindowShuffleMapDataset(ds, window_size=data_cfg.shuffle_buffer, seed=seed)
-    else:
-        ds = ds.shuffle(seed=seed)
-    docs = ds.repeat(num_epochs).random_map(_Load(source), seed=seed)
-    return DocStreams(docs, local_batch_size, spec, augment=bool(data_cfg.augment), threads=data_cfg.worker_count,
-                      budget=budget)
+    def split(shard: int, shards: int) -> grain.MapDataset:
+        ds = grain.MapDataset.range(len(source))[shard::shards]
+        if data_cfg.shuffle_buffer:
+            ds = grain.experimental.WindowShuffleMapDataset(ds, window_size=data_cfg.shuffle_buffer, seed=seed)
+        else:
+            ds = ds.shuffle(seed=seed)
+        return ds.repeat(num_epochs).random_map(_Load(source), seed=seed)
+
+    return DocStreams(split, local_batch_size, spec, augment=bool(data_cfg.augment), shard=process_index,
+                      shards=process_count, threads=data_cfg.worker_count, budget=budget)
 
 
 def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -509,7 +574,8 @@ def eval_batches(
     spec = _spec(read_manifest(data_dir), data_dir, max_steps, max_pages, min_words, center, layout_grid)
     fields = _TRAIN_FIELDS | {"ocr_json"} if with_ocr else _TRAIN_FIELDS
     docs = grain.MapDataset.range(len(source)).random_map(_Load(source, fields), seed=0)
-    return DocStreams(docs, batch_size, spec, augment=False, limit=max_examples, with_ocr=with_ocr, budget=budget)
+    return DocStreams(lambda shard, shards: docs, batch_size, spec, augment=False, limit=max_examples,  # never resplit
+                      with_ocr=with_ocr, budget=budget)
 
 
 def load_record(data_dir: str, split: str, record_index: int, *, pages: bool = True) -> dict[str, Any]:
