@@ -94,6 +94,12 @@ def base() -> mlc.ConfigDict:
     c.loss.sort_weight = 0.0
     c.loss.pretext_windows = 8
     c.loss.sort_strips = 4               # 4! = 24 classes; must divide the window (56-px strips)
+    # VICReg's variance term (Bardes et al. 2022) on Hiera's window features (the mean output token
+    # of each real window): a hinge that keeps every channel's standard deviation across the batch
+    # at or above `variance_floor` (0.25: about its median at initialisation on the demo corpus).
+    # Against the collapse of docs/evaluation.md. 0 = off.
+    c.loss.variance_weight = 0.0
+    c.loss.variance_floor = 0.25
     c.loss.chunked = False               # ring-chunked SigLIP over the batch axes of the mesh
     # Text-bank negatives (data/bank.py): every distinct training target scored against each
     # window / page embedding besides the batch; false negatives masked (same text, overlapping

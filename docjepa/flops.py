@@ -173,7 +173,7 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     items = {"window": patches, "page": batch * pages, "doc": batch}
     for name in objective.active_terms(cfg.loss):
         level = name.removeprefix("loss/").removesuffix("_bank")
-        if name in ("loss/layout", "loss/flip", "loss/sort"):  # elementwise on the heads' logits: no products
+        if name in ("loss/layout", "loss/flip", "loss/sort", "loss/variance"):  # elementwise: no products
             continue
         if name.endswith("_bank"):
             k = _bank_entries(cfg.loss, level, bank)

@@ -21,7 +21,7 @@ import ml_collections as mlc
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from docjepa import losses
-from docjepa.models.docjepa import l2_normalize
+from docjepa.models.docjepa import l2_normalize, masked_mean
 
 
 def _siglip(z: jax.Array, t: jax.Array, ids: jax.Array, mask: jax.Array, scale: losses.SigLIPTemperature,
@@ -52,7 +52,7 @@ def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
 
 # The model outputs the terms score (what gradient accumulation caches per microbatch; "layout"
 # only where the layout head exists).
-EMBEDDINGS = ("window", "page", "doc", "layout", "pretext/flip", "pretext/flip_target", "pretext/sort",
+EMBEDDINGS = ("window", "page", "doc", "layout", "encoder_features", "pretext/flip", "pretext/flip_target", "pretext/sort",
               "pretext/sort_target")
 
 
@@ -83,6 +83,15 @@ def _layout(model, out, batch, cfg, mesh, bank):
         raise ValueError(f"data.layout_grid: the pseudo-layout targets are {target.shape[2:]} cells per window, "
                          f"the layout head's map (model.layout_stage) is {logits.shape[2:]}")
     return losses.focal_loss(logits, target, cfg.focal_alpha, cfg.focal_gamma, mask=batch["step_mask"][..., None, None])
+
+
+def _variance(model, out, batch, cfg, mesh, bank):
+    """VICReg's variance hinge: mean over channels of max(0, floor - std across the batch's real
+    windows) of Hiera's window features, so the encoder cannot shrink its windows onto one point."""
+    z, mask = out["encoder_features"], batch["step_mask"]
+    mu = masked_mean(z, mask, axis=(0, 1))
+    std = jnp.sqrt(masked_mean(jnp.square(z - mu), mask, axis=(0, 1)) + 1e-4)
+    return jnp.mean(jax.nn.relu(cfg.variance_floor - std))
 
 
 def _pretext(name: str):
@@ -159,6 +168,7 @@ TERMS: dict[str, Term] = {
     "loss/layout": Term("layout_weight", _layout),   # pseudo-layout regions per token of a Hiera stage
     "loss/flip": Term("flip_weight", _pretext("flip")),  # which flips were applied to a window
     "loss/sort": Term("sort_weight", _pretext("sort")),  # which order its horizontal strips were put in
+    "loss/variance": Term("variance_weight", _variance),  # spread of Hiera's window features (VICReg)
     # Text-bank negatives beside the batch (data/bank.py), with false negatives masked.
     "loss/window_bank": Term("window_bank_weight", _bank_term("window", "window", "window_scale",
                                                               lambda out, batch: batch["window_mask"])),

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -218,20 +218,29 @@ def load_encoder(model_dir: str | Path, dtype: jnp.dtype = jnp.float32) -> tuple
     """Build `Encoder` from config.json and fill it from the safetensors checkpoint (fp32 params)."""
     model_dir = Path(model_dir)
     cfg = EncoderConfig.from_json(_require(model_dir, "config.json"))
-    tensors = read_safetensors(model_dir)
-    abstract = nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+    model, _ = fill_from_hf(model_dir, nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype)),
+                            read_safetensors(model_dir), _hf_key)
+    return model, cfg
+
+
+def fill_from_hf(model_dir: Path, abstract: nnx.Module, tensors: dict[str, np.ndarray],
+                 hf_key: Callable[[tuple[Any, ...]], tuple[str, bool]]) -> tuple[nnx.Module, set[str]]:
+    """`abstract` (from nnx.eval_shape) with every parameter taken from `tensors` as float32, by
+    `hf_key(path)` -> (tensor name, transpose); and the names used. A missing tensor or a shape
+    other than config.json implies is one ValueError line naming the tensor."""
     graphdef, state = nnx.split(abstract)
-    flat = []
+    flat, used = [], set()
     for path, var in nnx.to_flat_state(state):
-        key, transpose = _hf_key(path)
+        key, transpose = hf_key(path)
         if key not in tensors:
             raise ValueError(f"{model_dir}: tensor {key!r} is missing from the checkpoint")
         value = tensors[key].T if transpose else tensors[key]
         if value.shape != var.shape:
             raise ValueError(f"{model_dir}: tensor {key!r} has shape {tensors[key].shape}, "
-                             f"config.json implies {var.shape}")
-        flat.append((path, var.replace(jnp.asarray(value, jnp.float32))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat)), cfg
+                             f"config.json implies {var.shape[::-1] if transpose else var.shape}")
+        flat.append((path, var.replace(jnp.asarray(np.asarray(value, np.float32)))))
+        used.add(key)
+    return nnx.merge(graphdef, nnx.from_flat_state(flat)), used
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -102,6 +102,8 @@ RULES: dict[str, Rule] = {
     "loss.layout_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.flip_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.sort_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.variance_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.variance_floor": (_nonneg_float, "must be a finite number >= 0"),
     "loss.pretext_windows": (_pos_int, "must be a positive integer"),
     "loss.sort_strips": (lambda v: _pos_int(v) and 2 <= v <= 6, "must be an integer in [2, 6] (strips! classes)"),
     "loss.focal_alpha": (lambda v: _finite(v) and v <= 1, "must be <= 1 (< 0 turns alpha weighting off)"),

@@ -147,3 +147,38 @@ def test_focal_loss_hand_computed():
     bce = -np.mean([math.log(1 / (1 + math.exp(-x))) if t else math.log(1 - 1 / (1 + math.exp(-x)))
                     for x, t in zip(np.asarray(logits).ravel(), np.asarray(targets).ravel())])
     np.testing.assert_allclose(losses.focal_loss(logits, targets, alpha=-1.0, gamma=0.0), bce, rtol=1e-6)
+
+
+def test_variance_term_is_the_hinge_on_real_windows_and_pushes_them_apart():
+    """VICReg's variance hinge on Hiera's window features: zero above the floor, the floor itself
+    for collapsed windows, blind to padding, and its gradient spreads collapsed windows."""
+    import ml_collections as mlc
+
+    from docjepa import objective
+
+    cfg = mlc.ConfigDict({"variance_floor": 0.25})
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, 3), bool)
+    mask[1, 2] = False
+
+    def term(z):
+        return objective._variance(None, {"encoder_features": z}, {"step_mask": jnp.asarray(mask)}, cfg, None, None)
+
+    spread = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+    assert float(term(spread)) == 0.0  # unit std per channel: above the floor
+    collapsed = np.zeros((2, 3, 4), np.float32)
+    collapsed[1, 2] = 100.0  # a padding window far away changes nothing
+    np.testing.assert_allclose(float(term(jnp.asarray(collapsed))), 0.25 - math.sqrt(1e-4), rtol=1e-6)
+    # Hand computation on real windows: channel 0 has std 0.1, the others are collapsed.
+    z = np.zeros((2, 3, 4), np.float32)
+    z[mask, 0] = [0.1, -0.1, 0.1, -0.1, 0.1][: mask.sum()]
+    std0 = math.sqrt(np.var(z[mask, 0]) + 1e-4)
+    expected = (0.25 - std0 + 3 * (0.25 - math.sqrt(1e-4))) / 4
+    np.testing.assert_allclose(float(term(jnp.asarray(z))), expected, rtol=1e-5)
+    # A descent step on the term moves real windows away from their mean, never padding.
+    near = jnp.asarray(rng.normal(size=(2, 3, 4)) * 1e-2, jnp.float32)
+    g = jax.grad(term)(near)
+    moved = near - 1.0 * g
+    assert np.all(np.asarray(g)[1, 2] == 0)
+    assert np.asarray(moved)[mask].std(axis=0).min() > np.asarray(near)[mask].std(axis=0).min()
+    assert float(term(moved)) < float(term(near))

@@ -33,7 +33,7 @@ from flax import nnx
 
 from docjepa import sharding
 from docjepa.models import layers
-from docjepa.text import read_safetensors
+from docjepa.text import fill_from_hf, read_safetensors
 
 # model_type values whose checkpoints have exactly the Llama layout and maths.
 _MODEL_TYPES = ("llama",)
@@ -363,25 +363,14 @@ def load_decoder(model_dir: str | Path, dtype: jnp.dtype = jnp.float32) -> tuple
         raise FileNotFoundError(f"{model_dir}: config.json not found")
     cfg = DecoderConfig.from_hf(json.loads(config_path.read_text()), where=str(config_path))
     tensors = read_safetensors(model_dir)
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype))
-    graphdef, state = nnx.split(abstract)
-    flat, used = [], set()
-    for path, var in nnx.to_flat_state(state):
-        key, transpose = _hf_key(path)
-        if key not in tensors:
-            raise ValueError(f"{model_dir}: tensor {key!r} is missing from the checkpoint")
-        value = tensors[key].T if transpose else tensors[key]
-        if value.shape != var.shape:
-            raise ValueError(f"{model_dir}: tensor {key!r} has shape {tensors[key].shape}, "
-                             f"config.json implies {var.shape[::-1] if transpose else var.shape}")
-        flat.append((path, var.replace(jnp.asarray(np.asarray(value, np.float32)))))
-        used.add(key)
+    model, used = fill_from_hf(model_dir, nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype)),
+                               tensors, _hf_key)
     allowed = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     unexpected = sorted(k for k in tensors if k not in used and k not in allowed and not k.endswith(_IGNORED_SUFFIXES))
     if unexpected:
         raise ValueError(f"{model_dir}: tensor {unexpected[0]!r} in the checkpoint is not a parameter of "
                          f"the model config.json describes ({len(unexpected)} unexpected tensors)")
-    return nnx.merge(graphdef, nnx.from_flat_state(flat)), cfg
+    return model, cfg
 
 
 def _last_real(mask: jax.Array) -> jax.Array:

@@ -150,7 +150,8 @@ def token_spread(tokens: jax.Array, step_mask: jax.Array) -> jax.Array:
     """How much Hiera's window features differ between windows: the RMS over channels of the
     standard deviation, across the batch's real windows, of each window's mean token, over the
     RMS of those features. Near 0 the encoder gives every window the same vector (collapse: what
-    reads it can only use the window's position); 0.048 at initialisation on the demo corpus."""
+    reads it can only use the window's position); at initialisation on the demo corpus 0.048 with
+    ImageNet pixels, 0.34 with ink pixels (bench/encoder_spread.py)."""
     x = layers.at_least_f32(jax.lax.stop_gradient(tokens)).mean(axis=2)   # [B, S, C]
     mu = masked_mean(x, step_mask, axis=(0, 1))
     var = masked_mean(jnp.square(x - mu), step_mask, axis=(0, 1))
@@ -238,6 +239,7 @@ class DocJEPA(nnx.Module):
         self.doc_scale = losses.SigLIPTemperature(loss_cfg.t_prime_init, bias_init["doc"])
         self.dtype = dtype
         self.pixels = cfg.get("pixels", "imagenet")
+        self.variance_term = loss_cfg.get("variance_weight", 0.0) > 0
 
     def _pixels(self, patches: jax.Array) -> jax.Array:
         """uint8 [..., H, W, 3] -> normalised [n, H, W, 3] in the compute dtype."""
@@ -317,7 +319,8 @@ class DocJEPA(nnx.Module):
         token, or without the TTM the mean of the chunk's step features so far (memory probes).
         With `train`, features are centred on this batch and its means come back as
         "feature_means" for `update_running_means`; "health" holds `token_spread` of Hiera's
-        output (logged as health/encoder_spread). `pack`: see `encode_valid`. With pretext heads
+        output (logged as health/encoder_spread). With `loss.variance_weight` > 0, "encoder_features"
+        [B, S, C] is Hiera's mean output token per step (the variance term). `pack`: see `encode_valid`. With pretext heads
         and a `pretext_key`, "pretext/<name>" [K, classes] are their logits on K transformed
         copies of real windows and "pretext/<name>_target" the one-hot labels (zero rows where
         fewer than K windows are real)."""
@@ -326,6 +329,7 @@ class DocJEPA(nnx.Module):
         tokens, maps = self.encode_valid(patches, step_mask, stages, pack)  # [B, S, N, C]
         tokens = sharding.constrain(tokens, ("act_batch", None, "act_length", "act_embed"))
         health = {"encoder_spread": token_spread(tokens, step_mask)} if train else {}
+        window_features = layers.at_least_f32(tokens).mean(axis=2)  # [B, S, C] (the variance term)
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
         if self.box_embed is not None:
@@ -360,4 +364,5 @@ class DocJEPA(nnx.Module):
             **({} if stage is None else {"stage": maps[stage]}),
             **({} if self.layout_head is None else {"layout": self.layout_head(maps[self.layout_stage])}),
             **({"feature_means": means, "health": health} if train else {}),
+            **({"encoder_features": window_features} if self.variance_term else {}),
         }
