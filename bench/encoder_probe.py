@@ -14,6 +14,7 @@ normalisation (`model.pixels`), same optimiser and batches. `--objective`:
 
     PYTHONPATH=. python bench/encoder_probe.py --config configs/demo.py --data data/demo --steps 100 --pixels ink
     PYTHONPATH=. python bench/encoder_probe.py --config configs/demo.py --data data/demo --objective siglip --pixels ink
+    ... --skip_thumbnails --save hiera.safetensors   # then train with --config.model.hiera.init_from=hiera.safetensors
 
 If the thumbnail classifier learns the task and Hiera does not, no objective built on Hiera's
 features can use what the images show within that many steps; if Hiera learns the text
@@ -32,12 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import safetensors.numpy
 from flax import nnx
 
 from bench import common
 from docjepa import losses, state as factory
 from docjepa.data import pipeline
-from docjepa.models import layers
+from docjepa.models import hiera, layers
 from docjepa.models.docjepa import PIXELS, l2_normalize
 
 
@@ -111,7 +113,8 @@ OBJECTIVES: dict[str, tuple[Callable, Callable]] = {
 
 
 def train(probe: Probe, xt: np.ndarray, t: dict, xv: np.ndarray, v: dict, *, objective: str, steps: int, lr: float,
-          batch: int, name: str) -> None:
+          batch: int, name: str) -> Probe:
+    """Train a copy of `probe`; return the trained copy."""
     loss_fn, report = OBJECTIVES[objective]
     graphdef, params = nnx.split(probe, nnx.Param)
     params = nnx.to_pure_dict(params)
@@ -140,6 +143,7 @@ def train(probe: Probe, xt: np.ndarray, t: dict, xv: np.ndarray, v: dict, *, obj
                 jax.device_get(predict(params, xv[j:j + 64])) for j in range(0, len(xv), 64))))
             print(f"{name} step {i}: train loss {np.mean(values[-50:]):.3f}, {report(out, feats, v)} "
                   f"({time.time() - t0:.0f} s)", flush=True)
+    return nnx.merge(graphdef, params)
 
 
 def main() -> None:
@@ -152,6 +156,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=60)
     parser.add_argument("--pixels", choices=sorted(PIXELS), default=None, help="model.pixels (default: the config's)")
     parser.add_argument("--skip_thumbnails", action="store_true", help="train Hiera only")
+    parser.add_argument("--save", default="", help="write the trained Hiera here (.safetensors, Meta's names): "
+                                                   "what model.hiera.init_from reads")
     args = parser.parse_args()
     cfg = common.load_config(args.config)
     if args.pixels:
@@ -171,8 +177,11 @@ def main() -> None:
             train(Probe(None, 32 * 32 * 3, out, args.objective == "siglip", args.batch), thumbnails(t["x"], pixels), t,
                   thumbnails(v["x"], pixels), v, name=f"linear on 32x32 thumbnails, {pixels} pixels", **kw)
     model = factory.build_model(cfg, dim, cfg.seed)
-    train(Probe(model, model.encoder.out_dim, out, args.objective == "siglip", args.batch), t["x"], t, v["x"], v,
-          name=f"{cfg.model.hiera.name} from scratch, {cfg.model.pixels} pixels", **kw)
+    probe = train(Probe(model, model.encoder.out_dim, out, args.objective == "siglip", args.batch), t["x"], t, v["x"],
+                  v, name=f"{cfg.model.hiera.name} from scratch, {cfg.model.pixels} pixels", **kw)
+    if args.save:
+        safetensors.numpy.save_file(hiera.meta_state_dict(probe.encoder.encoder), args.save)
+        print(f"Hiera written to {args.save}", flush=True)
 
 
 if __name__ == "__main__":
