@@ -31,7 +31,7 @@ def stream_stats(model: DocJEPA, patches: np.ndarray) -> list[tuple[str, float, 
     x = hiera.unroll(x, len(cfg.stages) - 1, cfg.q_stride)
 
     def row(name: str, y: jnp.ndarray) -> tuple[str, float, float]:
-        spread = token_spread(y[None], jnp.ones((1, y.shape[0]), bool))
+        spread = token_spread(y.mean(axis=1)[None], jnp.ones((1, y.shape[0]), bool))
         return name, float(spread), float(jnp.sqrt(jnp.mean(jnp.square(y))))
 
     rows = [row("patch embedding + position", x)]

@@ -146,13 +146,14 @@ class BoxEmbedding(nnx.Module):
         return self.proj(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1))
 
 
-def token_spread(tokens: jax.Array, step_mask: jax.Array) -> jax.Array:
-    """How much Hiera's window features differ between windows: the RMS over channels of the
+def token_spread(features: jax.Array, step_mask: jax.Array) -> jax.Array:
+    """How much Hiera's window features ([B, S, C], each window's mean output token) differ between
+    windows: the RMS over channels of the
     standard deviation, across the batch's real windows, of each window's mean token, over the
     RMS of those features. Near 0 the encoder gives every window the same vector (collapse: what
     reads it can only use the window's position); at initialisation on the demo corpus 0.048 with
     ImageNet pixels, 0.34 with ink pixels (bench/encoder_spread.py)."""
-    x = layers.at_least_f32(jax.lax.stop_gradient(tokens)).mean(axis=2)   # [B, S, C]
+    x = jax.lax.stop_gradient(features)   # [B, S, C]: each window's mean token
     mu = masked_mean(x, step_mask, axis=(0, 1))
     var = masked_mean(jnp.square(x - mu), step_mask, axis=(0, 1))
     power = masked_mean(jnp.square(x), step_mask, axis=(0, 1))
@@ -328,8 +329,8 @@ class DocJEPA(nnx.Module):
         stages = tuple(sorted(set(head_stage) | ({stage} if stage is not None else set())))
         tokens, maps = self.encode_valid(patches, step_mask, stages, pack)  # [B, S, N, C]
         tokens = sharding.constrain(tokens, ("act_batch", None, "act_length", "act_embed"))
-        health = {"encoder_spread": token_spread(tokens, step_mask)} if train else {}
-        window_features = layers.at_least_f32(tokens).mean(axis=2)  # [B, S, C] (the variance term)
+        window_features = layers.at_least_f32(tokens).mean(axis=2)  # [B, S, C]: health, the variance term
+        health = {"encoder_spread": token_spread(window_features, step_mask)} if train else {}
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
         if self.box_embed is not None:
