@@ -94,6 +94,19 @@ def base() -> mlc.ConfigDict:
     c.loss.sort_weight = 0.0
     c.loss.pretext_windows = 8
     c.loss.sort_strips = 4               # 4! = 24 classes; must divide the window (56-px strips)
+    # SelfDocSeg's self-distillation (Maity et al., ICDAR 2023; BYOL, Grill et al. 2020,
+    # arXiv:2006.07733; models/byol.py): region vectors mask-pooled over each pseudo-layout region
+    # (`data.layout_grid` cells) on the map of Hiera stage `model.layout_stage`, for two photometric
+    # views (blur, colour jitter, colour drop, solarisation; no crop, no flip) of `byol_windows` real
+    # windows per step; the online predictor regresses the EMA target's projection, 2 - 2 cos. Extra
+    # Hiera work: both views through the online and the target encoder. 0 = off (no EMA copy kept).
+    c.loss.byol_weight = 0.0
+    c.loss.byol_momentum = 0.99          # EMA momentum of the target encoder and projector
+    c.loss.byol_momentum_cosine = True   # BYOL's cosine schedule of the momentum to 1 over train.steps
+    c.loss.byol_windows = 8
+    c.loss.byol_regions = 8              # the largest regions pooled per window
+    c.loss.byol_dim = 256                # projection width (BYOL's)
+    c.loss.byol_hidden = 1024            # projector and predictor hidden width (BYOL: 4096)
     # VICReg's variance term (Bardes et al. 2022) on Hiera's window features (the mean output token
     # of each real window): a hinge that keeps every channel's standard deviation across the batch
     # at or above `variance_floor` (0.25: about its median at initialisation on the demo corpus).

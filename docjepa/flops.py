@@ -34,12 +34,15 @@ from flax import nnx
 
 from docjepa import objective, state as factory
 from docjepa.data import pipeline
-from docjepa.models import hiera, ttm
+from docjepa.models import byol, hiera, ttm
 
 # Backward products per forward product where it is not 2: one operand is data (1), both are (0).
 BACKWARD = {"hiera/patch_embed": 1, "box_embed": 1, "pages": 1, "loss/window": 1, "loss/page": 1, "loss/doc": 1,
             "loss/window_bank": 1, "loss/page_bank": 1,
-            "loss/window_bank_exclusions": 0, "loss/page_bank_exclusions": 0}
+            "loss/window_bank_exclusions": 0, "loss/page_bank_exclusions": 0,
+            # BYOL: pixels and region masks are data; the target branch takes no gradient.
+            "byol/blur": 0, "byol/online/patch_embed": 1, "byol/online/pool": 1,
+            "byol/target/hiera": 0, "byol/target/pool": 0, "byol/target/projector": 0}
 
 
 def xla_flops(compiled: jax.stages.Compiled) -> float:
@@ -119,6 +122,28 @@ def ttm_step_flops(machine: ttm.TokenTuringMachine, tokens: int) -> dict[str, fl
     }
 
 
+def byol_flops(model: nnx.Module, loss_cfg: mlc.ConfigDict) -> dict[str, float]:
+    """The BYOL term's forward (`models/byol.py`) on two views of `loss.byol_windows` windows:
+    the views' blur ("byol/blur", the separable kernel over every pixel of each view), Hiera up
+    to stage `model.layout_stage` in each branch ("byol/online/patch_embed", "byol/online/hiera",
+    "byol/target/hiera"; later stages are never computed), the mask pooling of `loss.byol_regions`
+    regions ("byol/*/pool"), the projector in both branches and the predictor online."""
+    views = len(byol.VIEWS) * loss_cfg.byol_windows
+    cfg, stage = model.encoder.config, model.layout_stage
+    per_image = hiera_flops(model.encoder)
+    blocks = sum(v for k, v in per_image.items() if k.startswith("hiera/stage") and int(k.split("/")[1][5:]) <= stage + 1)
+    cells = _hiera_tokens(model.encoder, stage)
+    pool = 2.0 * views * cells * loss_cfg.byol_regions * model.encoder.stage_dims[stage]
+    rows = views * loss_cfg.byol_regions
+    mlp = lambda m: _linear(rows, m.mlp.fc1) + _linear(rows, m.mlp.fc2)  # noqa: E731
+    return {"byol/blur": 2 * 2.0 * (2 * byol.BLUR_RADIUS + 1) * views * math.prod(cfg.input_size) * cfg.in_chans,
+            "byol/online/patch_embed": views * per_image["hiera/patch_embed"], "byol/online/hiera": views * blocks,
+            "byol/target/hiera": views * (per_image["hiera/patch_embed"] + blocks),
+            "byol/online/pool": pool, "byol/target/pool": pool,
+            "byol/online/heads": mlp(model.byol["projector"]) + mlp(model.byol["predictor"]),
+            "byol/target/projector": mlp(model.byol["projector"])}
+
+
 def _bank_entries(loss_cfg: mlc.ConfigDict, level: str, bank: int | Mapping[str, int]) -> int:
     """Bank entries scored per step at `level`: all, or `loss.bank_size` drawn from them."""
     k = bank if isinstance(bank, int) else bank.get(level, 0)
@@ -145,7 +170,7 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     `loss.pretext_windows` views per pretext), "pretext_heads", "in_proj", "box_embed", the TTM's
     (`ttm_step_flops`, B rows x S steps), "pages" (mean over each page's steps), "heads"
     (window, page, document projections), "layout_head" (with the layout term; its focal loss is
-    elementwise) and "loss/<term>" for each SigLIP term with a non-zero
+    elementwise), the BYOL term's `byol_flops` and "loss/<term>" for each SigLIP term with a non-zero
     weight: SigLIP logits of the n items of a level against the batch's n texts (n x n x
     embed_dim), and with bank terms against `bank` entries per level (an int for every level
     or {level: entries}), plus the bank's false-negative test (`objective.bank_exclusions`),
@@ -170,10 +195,12 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
         out["pretext_heads"] = sum(_linear(model.pretext_windows, h.proj) for h in model.pretext_heads.values())
     if model.layout_head is not None:
         out["layout_head"] = _linear(patches * _hiera_tokens(model.encoder, model.layout_stage), model.layout_head.proj)
+    if model.byol is not None:
+        out.update(byol_flops(model, cfg.loss))
     items = {"window": patches, "page": batch * pages, "doc": batch}
     for name in objective.active_terms(cfg.loss):
         level = name.removeprefix("loss/").removesuffix("_bank")
-        if name in ("loss/layout", "loss/flip", "loss/sort", "loss/variance"):  # elementwise: no products
+        if name in ("loss/layout", "loss/flip", "loss/sort", "loss/variance", "loss/byol"):  # elementwise: no products
             continue
         if name.endswith("_bank"):
             k = _bank_entries(cfg.loss, level, bank)

@@ -1,4 +1,4 @@
-"""SigLIP pairwise sigmoid loss (single device, all-gather, chunked ring) and focal loss.
+"""SigLIP pairwise sigmoid loss (single device, all-gather, chunked ring), focal loss, BYOL's loss.
 
 SigLIP (Zhai et al. 2023) scores every image/text pair independently with a sigmoid, so
 the loss is a sum over blocks of the n x n logit matrix and needs no global softmax
@@ -188,3 +188,13 @@ def focal_loss(logits: jax.Array, targets: jax.Array, alpha: float = 0.25, gamma
         loss = loss * (alpha * t + (1 - alpha) * (1 - t))
     w = jnp.ones_like(x) if mask is None else jnp.broadcast_to(mask, x.shape).astype(jnp.float32)
     return jnp.sum(loss * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def byol_loss(prediction: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
+    """BYOL's regression loss (Grill et al. 2020): 2 - 2 cos(prediction, target), the squared
+    distance of the L2-normalised vectors [..., D], no gradient into the target; the mean over
+    rows weighted by `weight` [...] (0 = no part); fp32."""
+    p, z = _normalize(prediction), _normalize(jax.lax.stop_gradient(target))
+    d = 2.0 - 2.0 * jnp.sum(p * z, axis=-1)
+    w = weight.astype(d.dtype)
+    return jnp.sum(d * w) / jnp.maximum(jnp.sum(w), 1.0)

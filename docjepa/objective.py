@@ -53,7 +53,7 @@ def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
 # The model outputs the terms score (what gradient accumulation caches per microbatch; "layout"
 # only where the layout head exists).
 EMBEDDINGS = ("window", "page", "doc", "layout", "encoder_features", "pretext/flip", "pretext/flip_target", "pretext/sort",
-              "pretext/sort_target")
+              "pretext/sort_target", "byol/online", "byol/target", "byol/valid")
 
 
 def _window(model, out, batch, cfg, mesh, bank):
@@ -105,6 +105,13 @@ def _pretext(name: str):
     return term
 
 
+def _byol(model, out, batch, cfg, mesh, bank):
+    """BYOL's symmetric loss (SelfDocSeg): the online prediction of each view's region vectors
+    against the target projection of the other view's, 2 - 2 cos, over the real regions."""
+    p, z, w = out["byol/online"], out["byol/target"], out["byol/valid"]
+    return losses.byol_loss(p[:, 0], z[:, 1], w) + losses.byol_loss(p[:, 1], z[:, 0], w)
+
+
 def _bank_rows(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """The batch's items of `level`, flattened: text id, document, page, window box (px)."""
     if level == "window":
@@ -154,10 +161,12 @@ def _bank_term(level: str, out_key: str, scale: str, mask_fn):
 @dataclasses.dataclass(frozen=True)
 class Term:
     """One term of the objective: `fn(model, out, batch, loss_cfg, mesh, bank)` -> scalar, weighted by
-    `config.loss.<weight>`. A new term is one function and one registry entry."""
+    `config.loss.<weight>`; `fields`: batch fields it reads beyond `state.STEP_FIELDS`. A new
+    term is one function and one registry entry."""
 
     weight: str
     fn: Callable[..., jax.Array]
+    fields: tuple[str, ...] = ()
 
 
 # The registry, keyed by the metric name each term is logged under.
@@ -165,7 +174,8 @@ TERMS: dict[str, Term] = {
     "loss/window": Term("window_weight", _window),   # window embedding <-> text under the window
     "loss/page": Term("page_weight", _page),         # page embedding <-> text of the page
     "loss/doc": Term("doc_weight", _doc),            # memory at a document's end <-> mean of its page texts
-    "loss/layout": Term("layout_weight", _layout),   # pseudo-layout regions per token of a Hiera stage
+    "loss/layout": Term("layout_weight", _layout, ("layout_mask",)),  # pseudo-layout regions per token of a Hiera stage
+    "loss/byol": Term("byol_weight", _byol, ("layout_mask",)),  # region vectors of two views agree (BYOL)
     "loss/flip": Term("flip_weight", _pretext("flip")),  # which flips were applied to a window
     "loss/sort": Term("sort_weight", _pretext("sort")),  # which order its horizontal strips were put in
     "loss/variance": Term("variance_weight", _variance),  # spread of Hiera's window features (VICReg)
@@ -192,6 +202,11 @@ def sample_bank(bank: dict[str, dict[str, jax.Array]], key: jax.Array, size: int
 def active_terms(cfg: mlc.ConfigDict) -> list[str]:
     """Names of the terms with a non-zero weight in `config.loss`."""
     return [name for name, term in TERMS.items() if cfg[term.weight] > 0]
+
+
+def batch_fields(cfg: mlc.ConfigDict) -> tuple[str, ...]:
+    """The batch fields the active terms of `config.loss` read beyond the SigLIP terms'."""
+    return tuple(dict.fromkeys(f for name in active_terms(cfg) for f in TERMS[name].fields))
 
 
 def loss_terms(model, out: dict[str, jax.Array], batch: dict[str, jax.Array], cfg: mlc.ConfigDict,

@@ -19,7 +19,7 @@ from flax import nnx
 
 from docjepa import checkpoint, objective, sharding
 from docjepa.data import bank, pipeline
-from docjepa.models import hiera, layers
+from docjepa.models import byol, hiera, layers
 from docjepa.models.docjepa import DocJEPA
 
 # Fields the step consumes; the rest of a pipeline batch (ids for eval) stays on the host.
@@ -30,9 +30,9 @@ STEP_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "window_emb", "
 
 
 def step_fields(cfg: mlc.ConfigDict) -> tuple[str, ...]:
-    """The batch fields the train step reads: STEP_FIELDS, and the pseudo-layout cells when the
-    layout term is on."""
-    return STEP_FIELDS + (("layout_mask",) if cfg.loss.layout_weight > 0 else ())
+    """The batch fields the train step reads: STEP_FIELDS and those of the active terms (the
+    pseudo-layout cells for the layout and BYOL terms)."""
+    return STEP_FIELDS + objective.batch_fields(cfg.loss)
 
 
 def window_budget(cfg: mlc.ConfigDict, mesh: jax.sharding.Mesh, rows: int, accum: int = 1) -> pipeline.Budget | None:
@@ -93,9 +93,12 @@ def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.G
 
 def init_train_state(model: DocJEPA, tx: optax.GradientTransformation, batch_size: int) -> dict[str, Any]:
     """{params, opt, step} and, with the TTM, `memory`: each stream row's carried memory
-    ([batch_size, m, C], float32), where every row starts from `memory_init`."""
+    ([batch_size, m, C], float32), where every row starts from `memory_init`; with the BYOL term,
+    `target`: the EMA target branch (`byol.online_part`), starting as a copy of the online one."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     state = {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
+    if model.byol is not None:
+        state["target"] = jax.tree.map(jnp.copy, byol.online_part(params))  # own buffers: the state is donated
     memory = model.initial_memory(batch_size)
     return state if memory is None else state | {"memory": memory}
 
@@ -105,6 +108,8 @@ def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.
     """The train state as ShapeDtypeStructs: what init, restore and the shardings agree on."""
     params = nnx.to_pure_dict(abstract_params)
     state = {"params": params, "opt": jax.eval_shape(tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    if cfg.loss.byol_weight > 0:
+        state["target"] = byol.online_part(params)
     if cfg.model.ttm.use_memory:  # as `TokenTuringMachine.initial_memory` lays it out
         init = jax.eval_shape(layers.at_least_f32, params["ttm"]["memory_init"])
         state["memory"] = jax.ShapeDtypeStruct((cfg.data.batch_size, *init.shape), init.dtype)
@@ -113,13 +118,16 @@ def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.
 
 def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx.State,
                           mesh: jax.sharding.Mesh, cfg: mlc.ConfigDict) -> dict[str, Any]:
-    """Shardings of the train state: params by logical rules, optimizer moments alike, the
-    carried memory by rows over the batch axes (each row lives where its stream's data does)."""
+    """Shardings of the train state: params by logical rules, optimizer moments and the BYOL
+    target alike, the carried memory by rows over the batch axes (each row lives where its
+    stream's data does)."""
     param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, sharding.config_rules(cfg)))
     abstract = abstract_train_state(tx, abstract_params, cfg)
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt"], param_sh,
                                    transform_non_params=lambda _: sharding.replicated(mesh))
     out = {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+    if "target" in abstract:
+        out["target"] = byol.online_part(param_sh)
     if "memory" in abstract:
         out["memory"] = sharding.batch_sharding(mesh, 3)
     return out

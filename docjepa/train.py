@@ -26,6 +26,7 @@ from tqdm import tqdm
 from docjepa import checkpoint, cli, flops, metrics, objective, sharding, state as factory, validate
 from docjepa import evals
 from docjepa.data import bank, pipeline
+from docjepa.models import byol
 from docjepa.models.docjepa import update_running_means
 
 FLAGS = flags.FLAGS
@@ -51,34 +52,41 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     step starts from it (from `memory_init` where `batch["reset"]`) and stores the memory after
     this chunk. Gradients stop at the carry (truncated back-propagation through time: the
     horizon is one chunk, `data.max_steps` windows: the carried memory is an input of the step,
-    not a function of the parameters). With `optim.grad_accum` > 1, `cached_grads`."""
+    not a function of the parameters). With `optim.grad_accum` > 1, `cached_grads`.
+
+    With the BYOL term, `state["target"]` is the EMA target branch (`models/byol.py`): the forward
+    reads it as the model with the target's encoder and projector, no gradient reaches it, and
+    the step moves it towards the updated online weights by `byol.momentum`."""
     accum = cfg.optim.grad_accum
     budget = factory.window_budget(cfg, mesh, cfg.data.batch_size, accum)
 
     table = sharding.config_rules(cfg)
 
-    def forward(params, batch, memory, key):
+    def forward(params, batch, memory, key, target):
         model = nnx.merge(graphdef, params)
         with sharding.activation_sharding(mesh, table):
             out = model(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
                         max_pages=cfg.data.max_pages, memory=memory, reset=batch["reset"], train=True, pack=budget,
                         pretext_key=key)
+            if model.byol is not None:
+                out |= byol.outputs(model, nnx.merge(graphdef, byol.with_target(params, target)), batch["patches"],
+                                    batch["step_mask"], batch["layout_mask"], key, cfg.loss)
         return model, out
 
-    def loss_fn(params, batch, bank, memory, key):
-        model, out = forward(params, batch, memory, key)
+    def loss_fn(params, batch, bank, memory, key, target):
+        model, out = forward(params, batch, memory, key, target)
         total, terms = objective.loss_terms(model, out, batch, cfg.loss, mesh, bank)
         return total, (terms, out["feature_means"], out.get("memory"), out["health"])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def embed(params, batch, memory, key):
+    def embed(params, batch, memory, key, target):
         """The embeddings the loss reads (differentiable) and what rides beside them."""
-        _, out = forward(params, batch, memory, key)
+        _, out = forward(params, batch, memory, key, target)
         return {k: out[k] for k in objective.EMBEDDINGS if k in out}, (out["page_present"], out["feature_means"],
                                                                         out.get("memory"), out["health"])
 
-    def cached_grads(params, batch, bank, memory, key):
+    def cached_grads(params, batch, bank, memory, key, target):
         """Gradient accumulation that keeps every negative of the global batch (GradCache, Gao et
         al. 2021): embed all microbatches without keeping activations, take the loss of the whole
         batch and its gradient w.r.t. the embeddings, then back-propagate each microbatch's slice
@@ -88,7 +96,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         split = lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:])  # noqa: E731
         merge = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
         micro = (*jax.tree.map(split, (batch, memory)), jax.random.split(key, accum))  # a pretext draw each
-        _, (embs, (present, means, memory, health)) = jax.lax.scan(lambda _, xs: (None, embed(params, *xs)), None, micro)
+        _, (embs, (present, means, memory, health)) = jax.lax.scan(lambda _, xs: (None, embed(params, *xs, target)), None,
+                                                                   micro)
         embs, present, memory = jax.tree.map(merge, (embs, present, memory))
 
         def loss_of(params, embs):
@@ -99,7 +108,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
         def backward(grads, xs):
             (mb, mem, k), d = xs
-            _, vjp = jax.vjp(lambda p: embed(p, mb, mem, k)[0], params)
+            _, vjp = jax.vjp(lambda p: embed(p, mb, mem, k, target)[0], params)
             return jax.tree.map(jnp.add, grads, vjp(d)[0]), None
 
         grads, _ = jax.lax.scan(backward, grads, (micro, jax.tree.map(split, d_embs)))
@@ -108,15 +117,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
     def step(state, batch, bank=None):
         params = state["params"]
-        memory = state.get("memory")
+        memory, target = state.get("memory"), state.get("target")
         step_key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
         if bank is not None and cfg.loss.bank_size:
             bank = objective.sample_bank(bank, step_key, cfg.loss.bank_size)
-        pretext_key = jax.random.fold_in(step_key, 1 << 20)  # the spatial pretexts' windows and labels
+        pretext_key = jax.random.fold_in(step_key, 1 << 20)  # the pretexts' and BYOL's windows and draws
         if accum == 1:
-            (loss, (terms, means, memory, health)), grads = grad_fn(params, batch, bank, memory, pretext_key)
+            (loss, (terms, means, memory, health)), grads = grad_fn(params, batch, bank, memory, pretext_key, target)
         else:
-            loss, terms, means, memory, health, grads = cached_grads(params, batch, bank, memory, pretext_key)
+            loss, terms, means, memory, health, grads = cached_grads(params, batch, bank, memory, pretext_key, target)
         updates, opt = tx.update(grads, state["opt"], params)
         new_params = update_running_means(optax.apply_updates(params, updates), means, cfg.model.center_momentum)
         grad_norm = optax.tree.norm(grads)
@@ -129,11 +138,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         }
         if memory is not None:
             new_state["memory"] = keep(memory, state["memory"])
+        if target is not None:
+            tau = byol.momentum(cfg.loss, state["step"], cfg.train.steps)
+            new_state["target"] = jax.tree.map(keep, byol.ema(target, byol.online_part(new_params), tau), target)
         out = {
             "loss": loss, **terms, "grad_norm": grad_norm, "lr": schedule(state["step"]),
             "finite": finite.astype(jnp.float32),
             "patches": jnp.sum(batch["step_mask"]).astype(jnp.float32),
             **{f"health/{k}": v for k, v in health.items()},
+            **({} if target is None else {"byol/momentum": tau}),
         }
         for level in ("window", "page", "doc"):
             scale = params[f"{level}_scale"]

@@ -105,6 +105,13 @@ RULES: dict[str, Rule] = {
     "loss.variance_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.variance_floor": (_nonneg_float, "must be a finite number >= 0"),
     "loss.pretext_windows": (_pos_int, "must be a positive integer"),
+    "loss.byol_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.byol_momentum": (lambda v: _finite(v) and 0 <= v <= 1, "must be in [0, 1]"),
+    "loss.byol_momentum_cosine": _FLAG,
+    "loss.byol_windows": (_pos_int, "must be a positive integer"),
+    "loss.byol_regions": (_pos_int, "must be a positive integer"),
+    "loss.byol_dim": (_pos_int, "must be a positive integer"),
+    "loss.byol_hidden": (_pos_int, "must be a positive integer"),
     "loss.sort_strips": (lambda v: _pos_int(v) and 2 <= v <= 6, "must be an integer in [2, 6] (strips! classes)"),
     "loss.focal_alpha": (lambda v: _finite(v) and v <= 1, "must be <= 1 (< 0 turns alpha weighting off)"),
     "loss.focal_gamma": (_nonneg_float, "must be a finite number >= 0"),
@@ -168,12 +175,13 @@ def check(cfg: mlc.ConfigDict, section: str) -> None:
         raise ConfigError(f"config.prepare.stride: must be in (0, window] (got {cfg.prepare.stride})")
     if section == "train" and cfg.data.batch_size % cfg.optim.grad_accum:
         raise ConfigError("config.optim.grad_accum: must divide data.batch_size")
-    if section == "train" and cfg.loss.layout_weight > 0 and not cfg.data.layout_grid:
-        raise ConfigError("config.data.layout_grid: must be > 0 when loss.layout_weight > 0 (the cells per window "
-                          "side of the layout head's map)")
     if section == "train":
         from docjepa import objective  # the term registry (imports jax; prepare needs neither)
 
+        if "layout_mask" in objective.batch_fields(cfg.loss) and not cfg.data.layout_grid:
+            weights = " or ".join(f"loss.{t.weight}" for t in objective.TERMS.values() if "layout_mask" in t.fields)
+            raise ConfigError(f"config.data.layout_grid: must be > 0 when {weights} > 0 (the cells per window side "
+                              "of the map of model.layout_stage)")
         if not objective.active_terms(cfg.loss):
             fields = ", ".join(f"loss.{t.weight}" for t in objective.TERMS.values())
             raise ConfigError(f"config.loss: at least one of {fields} must be > 0 (all are 0: nothing to train)")

@@ -98,10 +98,10 @@ def layout_labels(doc: ocr.Document, window_rows: np.ndarray, grid: int) -> np.n
 def _eval_loss(loss_cfg: mlc.ConfigDict) -> mlc.ConfigDict:
     """The loss config of `val/loss`: the in-batch text terms, unchunked (eval batches are small
     and need no memory saving), without the text bank (a training-split resource), the
-    pseudo-layout term (its targets are not read here) and the spatial pretexts."""
+    pseudo-layout terms (their targets are not read here) and the spatial pretexts."""
     c = mlc.ConfigDict(loss_cfg.to_dict())
     c.chunked = False
-    c.window_bank_weight = c.page_bank_weight = c.layout_weight = c.flip_weight = c.sort_weight = 0.0
+    c.window_bank_weight = c.page_bank_weight = c.layout_weight = c.byol_weight = c.flip_weight = c.sort_weight = 0.0
     return c
 
 

@@ -118,6 +118,17 @@ class PretextHead(nnx.Module):
         return self.proj(self.norm(layers.at_least_f32(tokens).mean(axis=-2)))
 
 
+class RegionMlp(nnx.Module):
+    """LayerNorm -> MLP: BYOL's projector and predictor of mask-pooled region vectors (models/byol.py)."""
+
+    def __init__(self, dim: int, hidden: int, out: int, *, rngs: nnx.Rngs):
+        self.norm = layers.layer_norm(dim, rngs=rngs)
+        self.mlp = layers.Mlp(dim, hidden, out, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.mlp(self.norm(layers.at_least_f32(x)))
+
+
 # The spatial pretexts: name -> (number of classes, the views of windows for labels).
 PRETEXTS = {
     "flip": (lambda strips: 4, lambda x, label, strips: flip_views(x, label)),
@@ -232,6 +243,12 @@ class DocJEPA(nnx.Module):
         heads = {name: PretextHead(self.encoder.out_dim, classes(self.sort_strips), rngs=rngs)
                  for name, (classes, _) in PRETEXTS.items() if loss_cfg.get(f"{name}_weight", 0.0) > 0}
         self.pretext_heads = nnx.Dict(heads) if heads else None
+        # SelfDocSeg's self-distillation (models/byol.py): projector and predictor of region vectors
+        # mask-pooled on the same stage's map; the projector's EMA copy is `state["target"]`.
+        self.byol = (nnx.Dict(projector=RegionMlp(self.encoder.stage_dims[cfg.layout_stage], loss_cfg.byol_hidden,
+                                                  loss_cfg.byol_dim, rngs=rngs),
+                              predictor=RegionMlp(loss_cfg.byol_dim, loss_cfg.byol_hidden, loss_cfg.byol_dim, rngs=rngs))
+                     if loss_cfg.get("byol_weight", 0.0) > 0 else None)
         self.window_head = Head(dim, embed_dim, rngs=rngs)
         self.page_head = Head(dim, embed_dim, rngs=rngs)
         self.doc_head = Head(dim, embed_dim, rngs=rngs)
