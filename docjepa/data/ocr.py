@@ -62,6 +62,25 @@ class LayoutElement:
     box: Box
 
 
+# Named-entity types of Fact.entity (the stage-2 NER task's labels, docjepa.data.tasks).
+ENTITY_TYPES = ("PERSON", "ORG", "DATE", "MONEY", "PHONE", "EMAIL")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A value the synthetic generator placed on page `page` (0-based): a QA answer when
+    `question` is set, a named entity when `entity` (one of ENTITY_TYPES) is set, or both."""
+
+    text: str
+    page: int
+    question: str = ""
+    entity: str = ""
+
+    def __post_init__(self) -> None:
+        if self.entity and self.entity not in ENTITY_TYPES:
+            raise ValueError(f"Fact: entity type {self.entity!r} is not one of {', '.join(ENTITY_TYPES)}")
+
+
 @dataclass
 class Page:
     width: int
@@ -81,6 +100,10 @@ class Document:
     # Pages in the source file before `max_pages` cut it (None: not cut, or unknown). Not part of
     # the schema: it lets prepare report truncation in its summary instead of logging per document.
     source_pages: int | None = field(default=None, compare=False)
+    # What the synthetic generator placed (values that questions ask about, named entities), with
+    # their pages; None where that truth is unknown. Not part of the schema: prepare turns it into
+    # the stage-2 task pairs (docjepa.data.tasks) stored beside the OCR JSON.
+    facts: list[Fact] | None = field(default=None, compare=False)
 
     def to_json(self) -> str:
         """Compact JSON; words are stored column-wise, which is about 3x smaller than one object per word."""
@@ -120,6 +143,14 @@ class Document:
                 words=[dataclasses.replace(wd, box=_scale_box(wd.box, f)) for wd in p.words],
                 layout=[dataclasses.replace(e, box=_scale_box(e.box, f)) for e in p.layout]))
         return dataclasses.replace(self, pages=pages)
+
+    def with_pages(self, keep: Sequence[int]) -> Document:
+        """The document reduced to pages `keep` (source indices, in order); facts follow their
+        pages and are dropped with them."""
+        new = {old: i for i, old in enumerate(keep)}
+        facts = None if self.facts is None else [
+            dataclasses.replace(f, page=new[f.page]) for f in self.facts if f.page in new]
+        return dataclasses.replace(self, pages=[self.pages[i] for i in keep], facts=facts)
 
     def page_text(self, i: int) -> str:
         """All words of page i in reading order, space-joined (the page's alignment target)."""

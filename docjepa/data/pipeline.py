@@ -24,7 +24,7 @@ import concurrent.futures
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import cv2
@@ -576,6 +576,14 @@ def eval_batches(
     docs = grain.MapDataset.range(len(source)).random_map(_Load(source, fields), seed=0)
     return DocStreams(lambda shard, shards: docs, batch_size, spec, augment=False, limit=max_examples,  # never resplit
                       with_ocr=with_ocr, budget=budget)
+
+
+def records(data_dir: str, split: str, fields: set[str]) -> Iterator[dict[str, Any]]:
+    """The split's records in order with only `fields` decoded (readers of a few fields leave the
+    pages and embeddings undecoded)."""
+    source = _source(data_dir, split)
+    for i in range(len(source)):
+        yield decode_record(source[i], fields)
 
 
 def load_record(data_dir: str, split: str, record_index: int, *, pages: bool = True) -> dict[str, Any]:

@@ -31,14 +31,15 @@ import ml_collections as mlc
 import numpy as np
 from tqdm import tqdm
 
-from docjepa.data import bank, ocr, patchify
+from docjepa.data import bank, ocr, patchify, tasks
 from docjepa.data.record import encode_record
 from docjepa.validate import ConfigError, check as check_config
 
 MANIFEST_VERSION = 1
 # Bumped when the same config would write different records (2: PDF word boxes follow
-# PDFium's render matrix, pages are schema-checked): older shards are then not resumed into.
-SHARD_FORMAT = 2
+# PDFium's render matrix, pages are schema-checked; 3: stage-2 task pairs): older shards are
+# then not resumed into.
+SHARD_FORMAT = 3
 SPLITS = ("train", "val")
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def process_document(source: Source, item: Item, cfg: dict[str, Any]) -> dict[st
         truncated = None
         if doc.source_pages is not None and doc.source_pages > len(doc.pages):
             truncated = {"file": where, "pages": doc.source_pages, "kept": len(doc.pages)}
-        doc = dataclasses.replace(doc, pages=[doc.pages[i] for i in keep])
+        doc = doc.with_pages(keep)
         resized, scales = zip(*(patchify.resize_to_width(images[i], cfg["page_width"], cfg["window"]) for i in keep))
         doc = doc.scaled(scales, [(im.shape[1], im.shape[0]) for im in resized])
         windows, window_text, window_nwords, pngs = [], [], [], []
@@ -339,6 +340,7 @@ def process_document(source: Source, item: Item, cfg: dict[str, Any]) -> dict[st
             "window_text": window_text, "window_nwords": np.asarray(window_nwords, np.int32),
             "page_text": [doc.page_text(i) for i in range(len(doc.pages))],
             "page_nwords": np.asarray([len(p.words) for p in doc.pages], np.int32),
+            "tasks_json": tasks.encode(tasks.document_pairs(doc)),
         }
         return {"doc": fields, "rejected": rejected, "truncated": truncated}
     except ocr.OcrSchemaError as e:

@@ -6,7 +6,9 @@ every word's box, reading-order index and layout element are known exactly rathe
 estimated by an OCR engine. The text is English prose from the docstrings of the Python standard
 library, read from source with `ast` (nothing is imported, and `python -OO` does not matter).
 Scan-like degradations (tilt <= 1 degree, blur, noise, uneven light, JPEG) are applied after
-layout, and the word and layout boxes are carried through the tilt.
+layout, and the word and layout boxes are carried through the tilt. The values the builders place
+(totals, dates, names, section titles) are kept with their pages as `Document.facts`, from which
+docjepa.data.tasks builds stage-2 question and entity pairs.
 
     doc, images = generate(index, seed)   # deterministic in (index, seed)
 
@@ -87,4 +89,5 @@ def generate(index: int, seed: int = 0, *, min_pages: int = 1, max_pages: int = 
         layout = [LayoutElement(cls, tuple(boxes[n + j].tolist())) for j, (cls, _) in enumerate(p.layout)]
         pages.append(Page(width=p.width, height=p.height, dpi=DPI, words=words, layout=layout))
         images.append(image)
-    return Document(doc_id=f"synth-{seed}-{index:07d}", source="synth", pages=pages, category=category), images
+    return Document(doc_id=f"synth-{seed}-{index:07d}", source="synth", pages=pages, category=category,
+                    facts=doc.facts), images

@@ -21,9 +21,13 @@ def _article(d: _Doc, sections: Sequence[str], numbered_headings: bool, figure_p
     for s in range(400):  # sections until the document's pages are full
         name = sections[s] if s < len(sections) else t.title(1, 4)
         d.heading(f"{s + 1} {name}" if numbered_headings else name, body + 3)
+        d.fact(name, f"What is the title of section {s + 1}?")  # the (s+1)-th, numbered on the page or not
         for k in range(int(rng.integers(1, 4))):
             if k and rng.random() < 0.4:
-                d.heading(f"{s + 1}.{k} {t.title(2, 5)}" if numbered_headings else t.title(2, 5), body + 1)
+                sub = t.title(2, 5)
+                d.heading(f"{s + 1}.{k} {sub}" if numbered_headings else sub, body + 1)
+                if numbered_headings:
+                    d.fact(sub, f"What is the title of section {s + 1}.{k}?")
             d.block("paragraph", [t.paragraph(3, 7)], font, align=align, after=0.7)
             if d.done:
                 return

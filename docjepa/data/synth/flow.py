@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from docjepa.data.ocr import Fact
 from docjepa.data.synth.chart import _chart
 from docjepa.data.synth.page import Box, _fit, _Page, _union, _wrap
 from docjepa.data.synth.style import BOLD, ITALIC, REGULAR, Colour, _font, _Style
@@ -35,6 +36,7 @@ class _Doc:
         self.y = self.col_top = float(self.top)
         self.last_fill = last_fill  # content loops stop this far down the last page, as real documents end
         self._open = False
+        self.facts: list[Fact] = []
 
     # -- geometry
     def font(self, kind: int, size: int):
@@ -108,6 +110,18 @@ class _Doc:
 
     def fits(self, h: float) -> bool:
         return self.y + h <= self.bottom
+
+    def fact(self, text: str, question: str = "", entity: str = "") -> None:
+        """Keep a value just drawn, for the stage-2 QA and NER tasks, with the page it landed on.
+
+        The page is the current one or, for a block that moved on to a new page after drawing the
+        value, the one before, whichever holds the value's text; a value that line fitting cut or
+        dropped is not kept, so every kept value can be read on its page.
+        """
+        for i in range(len(self.pages) - 1, max(-1, len(self.pages) - 3), -1):
+            if text in " ".join(w for w, _, _, _ in self.pages[i].words):
+                self.facts.append(Fact(text, i, question, entity))
+                return
 
     # -- blocks
     def block(self, cls: str, items: Sequence[str | tuple[str, str]], font, *, fill: Colour | None = None,

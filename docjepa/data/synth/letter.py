@@ -22,13 +22,18 @@ def _letter(d: _Doc) -> None:
             size = body - 2
             d.page.fixed("header", f"{recipient}   {date}", d.left, d.top, d.full_width, d.font(REGULAR, size),
                          d.style.ink)
+            d.fact(recipient, entity="PERSON")
+            d.fact(date, entity="DATE")
             d.y += size * 3
 
     def footer(d: _Doc) -> None:
         if d.index == 0 and rng.random() < 0.6:
             size = max(12, body - 4)
-            d.page.fixed("footer", f"{company}  {' '.join(t.address())}  {t.phone()}", d.left,
+            address, phone = t.address(), t.phone()
+            d.page.fixed("footer", f"{company}  {' '.join(address)}  {phone}", d.left,
                          d.size[1] - d.bottom_margin + 6, d.full_width, d.font(REGULAR, size), d.style.accent, "center")
+            d.fact(company, entity="ORG")
+            d.fact(phone, entity="PHONE")
         if d.n_pages > 1:
             _page_number(d, "right", f"Page {d.index + 1} of {d.n_pages}")
 
@@ -37,20 +42,35 @@ def _letter(d: _Doc) -> None:
     head_align = ("left", "center")[int(rng.integers(2))]
     d.block("title", [company], d.font(BOLD, int(rng.integers(24, 32))), fill=d.style.accent, align=head_align,
             after=0.1)
-    d.block("paragraph", [", ".join(t.address()) + "  " + t.phone()], d.font(REGULAR, body - 2),
+    d.fact(company, "Which company is the letter from?", "ORG")
+    address, phone = t.address(), t.phone()
+    d.block("paragraph", [", ".join(address) + "  " + phone], d.font(REGULAR, body - 2),
             fill=d.style.accent, align=head_align, after=0.3)
+    d.fact(phone, entity="PHONE")
     d.rule(d.style.accent, 2, gap=body * 2)
     d.block("paragraph", [date], font, align=("left", "right")[int(rng.integers(2))], after=1.0)
-    d.block("paragraph", [recipient, t.pick(_JOBS), t.company(), *t.address()], font, after=1.0)
-    d.block("heading", [f"Re: {t.title(3, 7)}"], d.font(BOLD, body), after=0.8)
+    d.fact(date, "What is the date of the letter?", "DATE")
+    job, employer = t.pick(_JOBS), t.company()
+    d.block("paragraph", [recipient, job, employer, *t.address()], font, after=1.0)
+    d.fact(recipient, "Who is the letter addressed to?", "PERSON")
+    d.fact(job, "What is the recipient's job title?")
+    d.fact(employer, "Which company does the recipient work for?", "ORG")
+    subject = t.title(3, 7)
+    d.block("heading", [f"Re: {subject}"], d.font(BOLD, body), after=0.8)
+    d.fact(subject, "What is the subject of the letter?")
     d.block("paragraph", [f"Dear {recipient.split()[0]},"], font, after=0.8)
     align = ("left", "justify")[int(rng.integers(2))]
     while not d.done:
         d.block("paragraph", [t.paragraph(2, 5)], font, align=align, after=0.9)
-    d.block("paragraph", [t.pick(_CLOSINGS)], font, after=0.5)
+    closing = t.pick(_CLOSINGS)
+    d.block("paragraph", [closing], font, after=0.5)
+    d.fact(closing, "How does the letter close?")
     d.ensure(body * 3)
     _signature(d)
-    d.block("paragraph", [sender, t.pick(_JOBS)], font)
+    sender_job = t.pick(_JOBS)
+    d.block("paragraph", [sender, sender_job], font)
+    d.fact(sender, "Who signed the letter?", "PERSON")
+    d.fact(sender_job, "What is the sender's job title?")
 
 
 def _signature(d: _Doc) -> None:

@@ -21,6 +21,7 @@ def _paper(d: _Doc, columns: int) -> None:
         if d.index > 0:
             size = max(12, body - 3)
             d.page.fixed("header", running, d.left, d.top, d.full_width, d.font(ITALIC, size), d.style.ink, "center")
+            d.fact(running, "What is the running head of the paper?")
             d.y += size * 1.6
             d.rule(gap=body)
 
@@ -33,12 +34,18 @@ def _paper(d: _Doc, columns: int) -> None:
 
     d.header, d.footer = header, footer
     d.new_page()
-    d.block("title", [t.title(5, 12)], d.font(BOLD, int(rng.integers(22, 28))), align="center", leading=1.3,
-            after=0.5)
-    authors = ", ".join(t.name() for _ in range(int(rng.integers(1, 5))))
-    d.block("paragraph", [authors], d.font(REGULAR, body + 1), align="center", after=0.2)
-    d.block("paragraph", [f"Department of {t.pick(_FIELDS_OF_STUDY)}, University of {t.pick(_CITIES).split(',')[0]}"],
-            d.font(ITALIC, body), align="center", after=1.0)
+    title = t.title(5, 12)
+    d.block("title", [title], d.font(BOLD, int(rng.integers(22, 28))), align="center", leading=1.3, after=0.5)
+    d.fact(title, "What is the title of the paper?")
+    authors = [t.name() for _ in range(int(rng.integers(1, 5)))]
+    d.block("paragraph", [", ".join(authors)], d.font(REGULAR, body + 1), align="center", after=0.2)
+    d.fact(authors[0], "Who is the first author of the paper?", "PERSON")
+    for name in authors[1:]:
+        d.fact(name, entity="PERSON")
+    department, university = t.pick(_FIELDS_OF_STUDY), f"University of {t.pick(_CITIES).split(',')[0]}"
+    d.block("paragraph", [f"Department of {department}, {university}"], d.font(ITALIC, body), align="center",
+            after=1.0)
+    d.fact(university, "Which university are the authors from?", "ORG")
     d.block("heading", ["Abstract"], d.font(BOLD, body + 1), align="center", after=0.3)
     inset = d.full_width * 0.08
     d.block("paragraph", [t.paragraph(4, 7)], d.font(REGULAR, body - 1), align="justify", indent=inset,

@@ -31,13 +31,20 @@ def _slide(d: _Doc) -> None:
         d.new_page()
         if i == 0:
             d.y = d.size[1] * 0.3
-            d.block("title", [t.title(3, 7)], d.font(BOLD, int(rng.integers(40, 52))), fill=d.style.accent,
+            title = t.title(3, 7)
+            d.block("title", [title], d.font(BOLD, int(rng.integers(40, 52))), fill=d.style.accent,
                     align="center", leading=1.2, after=0.4)
+            d.fact(title, "What is the title of the presentation?")
             d.block("paragraph", [t.sentence_case(4, 9)], d.font(REGULAR, body + 2), align="center", after=1.2)
-            d.block("paragraph", [t.name(), t.date()], d.font(REGULAR, body - 2), align="center")
+            speaker, date = t.name(), t.date()
+            d.block("paragraph", [speaker, date], d.font(REGULAR, body - 2), align="center")
+            d.fact(speaker, "Who is giving the presentation?", "PERSON")
+            d.fact(date, "What is the date of the presentation?", "DATE")
             continue
-        d.block("title", [t.title(2, 6)], d.font(BOLD, int(rng.integers(32, 40))), fill=d.style.accent,
+        title = t.title(2, 6)
+        d.block("title", [title], d.font(BOLD, int(rng.integers(32, 40))), fill=d.style.accent,
                 leading=1.2, after=0.2)
+        d.fact(title, f"What is the title of slide {i + 1}?")
         d.rule(d.style.accent, 2, gap=body)
         layout = ("bullets", "bullets_chart", "chart", "table")[int(rng.integers(4))]
         if layout == "table":
