@@ -13,7 +13,7 @@ from flax import nnx
 
 from docjepa import checkpoint, losses, objective, sharding, state as factory, train, validate
 from docjepa.models import byol
-from test_train import _batch, _cfg
+from test_train import _batch, _cfg, _one_step
 
 
 def test_regions_and_mask_pool_by_hand():
@@ -154,3 +154,25 @@ def test_weight_zero_builds_and_keeps_nothing():
     cfg.loss.byol_weight, cfg.data.layout_grid = 1.0, 0
     with pytest.raises(validate.ConfigError, match="config.data.layout_grid: .*loss.byol_weight"):
         validate.check(cfg, "train")
+
+
+def test_sharded_step_with_the_term_matches_one_device():
+    """(data=2, fsdp=2, tensor=2) over 8 devices == 1 device with the BYOL term, in float64 (the
+    bounds of test_train.test_sharded_step_matches_single_device): the same windows and views
+    are drawn, the same loss, gradient and update; the target is sharded like its parameters."""
+    cfg, dim = _byol_cfg(), 16
+    cfg.model.dtype = "float64"
+    batch = _layout_batch(cfg, dim)
+    with jax.enable_x64(True):
+        one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
+        eight = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
+        m1, _, p1, _, mu1, _ = _one_step(cfg, one, batch, dim)
+        m8, _, p8, sh8, mu8, _ = _one_step(cfg, eight, batch, dim)
+    assert m1["loss/byol"] > 0 and m1["loss"].dtype == np.float64
+    assert jax.tree.map(lambda s: s.spec, sh8["target"]["encoder"]) == jax.tree.map(lambda s: s.spec,
+                                                                                    sh8["params"]["encoder"])
+    for key in ("loss/byol", "loss", "grad_norm"):
+        np.testing.assert_allclose(m8[key], m1[key], rtol=1e-9, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * max(np.abs(b).max(), 1e-3)),
+                 mu8, mu1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-9), p8, p1)

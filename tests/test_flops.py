@@ -10,7 +10,7 @@ from flax import nnx
 from bench import common
 from bench.train_step import random_batch
 from docjepa import flops, objective
-from docjepa.models import hiera, ttm
+from docjepa.models import byol, hiera, ttm
 
 # XLA also counts elementwise work (norms, GELU, softmax), which the analytic count leaves out:
 # at these matmul-dominated widths it adds 3-6%. XLA's count is never below the analytic one.
@@ -166,3 +166,35 @@ def test_padding_windows_cost_no_encoder_flops():
     assert flops.encoded_windows(cfg, 4, 4) == 8
     assert (flops.forward_flops(cfg, EMBED, 4, 4, model=model)["hiera/patch_embed"]
             == 8 * flops.hiera_flops(model.encoder)["hiera/patch_embed"])
+
+
+def test_byol_term_matches_cost_analysis():
+    """The BYOL term (`flops.byol_flops`): the views' blur, both branches' Hiera up to stage
+    `model.layout_stage` (no later stage is computed), mask pooling and the projector/predictor.
+    Hiera's own elementwise share at these widths is 10% (its stages are checked against XLA
+    one by one above), so the branches are compared with XLA's count of Hiera to that stage."""
+    cfg = _config(steps=2)
+    cfg.loss.byol_weight, cfg.data.layout_grid = 1.0, 8
+    cfg.loss.byol_windows, cfg.loss.byol_regions, cfg.loss.byol_dim, cfg.loss.byol_hidden = 2, 4, 32, 64
+    model = flops.abstract_model(cfg, EMBED)
+    graphdef, state = nnx.split(model)
+    b, s = cfg.data.batch_size, cfg.data.max_steps
+    inputs = (jnp.zeros((b, s, 64, 64, 3), jnp.uint8), jnp.ones((b, s), bool), jnp.ones((b, s, 8, 8), jnp.uint8))
+
+    def term(online, target, patches, step_mask, cells):  # distinct target weights: nothing shared
+        m = nnx.merge(graphdef, online)
+        out = byol.outputs(m, nnx.merge(graphdef, target), patches, step_mask, cells, jax.random.key(0), cfg.loss)
+        return objective.TERMS["loss/byol"].fn(m, out, {}, cfg.loss, None, None)
+
+    encoder, enc_state = nnx.split(model.encoder)
+    views = len(byol.VIEWS) * cfg.loss.byol_windows
+    to_stage = _xla_flops(lambda st, x: nnx.merge(encoder, st)(x, return_intermediates=True)[1][model.layout_stage],
+                          enc_state, jnp.zeros((views, 64, 64, 3)))
+    f = flops.byol_flops(model, cfg.loss)
+    assert f["byol/online/hiera"] < views * sum(flops.hiera_flops(model.encoder).values()) / 2  # stages 1-2 of 4
+    assert f["byol/target/hiera"] == f["byol/online/patch_embed"] + f["byol/online/hiera"] <= to_stage
+    assert to_stage <= 1.15 * f["byol/target/hiera"]
+    hiera_parts = ("byol/online/patch_embed", "byol/online/hiera", "byol/target/hiera")
+    rest = sum(v for k, v in f.items() if k not in hiera_parts)
+    xla = _xla_flops(term, state, state, *inputs)
+    assert _agrees(xla, 2 * to_stage + rest), (xla, 2 * to_stage + rest)

@@ -72,8 +72,9 @@ def gaussian_blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
 
 def augment(windows: jax.Array, key: jax.Array, blur_p: float, solarize_p: float) -> jax.Array:
     """One BYOL view of windows [K, H, W, 3] (pixels 0..255): colour jitter (brightness,
-    contrast, saturation, hue; p 0.8), colour drop (p 0.2), Gaussian blur (`blur_p`),
-    solarisation (`solarize_p`), each drawn per window. Float32 pixels 0..255, nothing moved."""
+    contrast, saturation, hue, in this order where BYOL shuffles it; p 0.8), colour drop (p 0.2),
+    Gaussian blur (`blur_p`), solarisation (`solarize_p`), each drawn per window. Float32 pixels
+    0..255, nothing moved."""
     k = windows.shape[0]
     keys = jax.random.split(key, 9)
     u = lambda i, lo=0.0, hi=1.0: jax.random.uniform(keys[i], (k,), minval=lo, maxval=hi)  # noqa: E731
@@ -94,14 +95,15 @@ def augment(windows: jax.Array, key: jax.Array, blur_p: float, solarize_p: float
 def region_labels(cells: jax.Array) -> jax.Array:
     """Pseudo-layout cells [K, g, g] -> int32 [K, g, g]: each region cell labelled with the
     smallest flat index of its 4-connected region, -1 off regions (label propagation)."""
-    k, g, _ = cells.shape
+    g = cells.shape[1]
     inside = cells.astype(bool)
     none = g * g
     labels = jnp.where(inside, jnp.arange(none, dtype=jnp.int32).reshape(g, g), none)
 
     def spread(lab: jax.Array) -> jax.Array:
         pad = jnp.pad(lab, ((0, 0), (1, 1), (1, 1)), constant_values=none)
-        near = jnp.minimum(jnp.minimum(pad[:, :-2, 1:-1], pad[:, 2:, 1:-1]), jnp.minimum(pad[:, 1:-1, :-2], pad[:, 1:-1, 2:]))
+        near = jnp.minimum(jnp.minimum(pad[:, :-2, 1:-1], pad[:, 2:, 1:-1]),
+                           jnp.minimum(pad[:, 1:-1, :-2], pad[:, 1:-1, 2:]))
         return jnp.where(inside, jnp.minimum(lab, near), none)
 
     def changing(carry: tuple[jax.Array, jax.Array]) -> jax.Array:
