@@ -63,29 +63,36 @@ def thumbnails(x: np.ndarray, pixels: str) -> np.ndarray:
 
 
 class Probe(nnx.Module):
-    """Hiera -> mean token -> LayerNorm -> linear, or (thumbnails) linear alone; with `siglip`,
-    the output is L2-normalised and SigLIP's t' and b ride along."""
+    """Hiera -> pooled tokens -> LayerNorm -> linear, or (thumbnails) linear alone; with `siglip`,
+    the output is L2-normalised and SigLIP's t' and b ride along. `pool`: "mean" of the output
+    tokens, or "flatten" (each token LayerNormed, then all of them in their spatial order: the
+    head sees where on the window each feature lies, as the thumbnail map sees its pixels)."""
 
-    def __init__(self, encoder: nnx.Module | None, dim: int, out: int, siglip: bool, batch: int):
-        self.encoder = encoder
+    def __init__(self, encoder: nnx.Module | None, dim: int, out: int, siglip: bool, batch: int,
+                 pool: str = "mean", tokens: int = 1):
+        self.encoder, self.pool = encoder, pool
         self.norm = layers.layer_norm(dim, rngs=nnx.Rngs(1)) if encoder is not None else None
-        self.head = layers.dense(dim, out, ("embed", None), rngs=nnx.Rngs(2))
+        width = dim * (tokens if pool == "flatten" else 1)
+        self.head = layers.dense(width, out, ("embed", None), rngs=nnx.Rngs(2))
         self.scale = losses.SigLIPTemperature(math.log(10.0), -math.log(batch)) if siglip else None
 
     def features(self, x: jax.Array) -> jax.Array:
         if self.encoder is None:
             return x
         tokens, _ = self.encoder.encode_patches(x)
-        return tokens.mean(axis=-2)
+        return tokens.mean(axis=-2) if self.pool == "mean" else tokens
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.features(x)
-        y = self.head(x if self.norm is None else self.norm(x))
+        if self.norm is not None:
+            x = self.norm(x)
+        y = self.head(x.reshape(x.shape[0], -1))
         return y if self.scale is None else l2_normalize(y)
 
 
 def spread(f: np.ndarray) -> float:
     """RMS over channels of the std across windows, over the RMS of the features."""
+    f = f.reshape(len(f), -1, f.shape[-1]).mean(axis=1)
     return float(np.sqrt(f.var(axis=0).mean() / max(np.square(f).mean(), 1e-12)))
 
 
@@ -113,12 +120,15 @@ OBJECTIVES: dict[str, tuple[Callable, Callable]] = {
 
 
 def train(probe: Probe, xt: np.ndarray, t: dict, xv: np.ndarray, v: dict, *, objective: str, steps: int, lr: float,
-          batch: int, name: str) -> Probe:
-    """Train a copy of `probe`; return the trained copy."""
+          batch: int, name: str, freeze: bool = False) -> Probe:
+    """Train a copy of `probe` (with `freeze`, everything but the encoder); return the trained copy."""
     loss_fn, report = OBJECTIVES[objective]
     graphdef, params = nnx.split(probe, nnx.Param)
     params = nnx.to_pure_dict(params)
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(15, steps // 4), steps), weight_decay=0.05)
+    if freeze:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   {k: "frozen" if k == "encoder" else "train" for k in params})
     opt = tx.init(params)
 
     @jax.jit
@@ -158,6 +168,8 @@ def main() -> None:
     parser.add_argument("--skip_thumbnails", action="store_true", help="train Hiera only")
     parser.add_argument("--save", default="", help="write the trained Hiera here (.safetensors, Meta's names): "
                                                    "what model.hiera.init_from reads")
+    parser.add_argument("--pool", choices=("mean", "flatten"), default="mean", help="Hiera's tokens -> the head")
+    parser.add_argument("--freeze", action="store_true", help="keep Hiera at its initialisation; train the head only")
     args = parser.parse_args()
     cfg = common.load_config(args.config)
     if args.pixels:
@@ -177,8 +189,11 @@ def main() -> None:
             train(Probe(None, 32 * 32 * 3, out, args.objective == "siglip", args.batch), thumbnails(t["x"], pixels), t,
                   thumbnails(v["x"], pixels), v, name=f"linear on 32x32 thumbnails, {pixels} pixels", **kw)
     model = factory.build_model(cfg, dim, cfg.seed)
-    probe = train(Probe(model, model.encoder.out_dim, out, args.objective == "siglip", args.batch), t["x"], t, v["x"],
-                  v, name=f"{cfg.model.hiera.name} from scratch, {cfg.model.pixels} pixels", **kw)
+    tokens = model.encode_patches(jnp.zeros((1, *t["x"].shape[1:]), jnp.uint8))[0].shape[-2]
+    probe = train(Probe(model, model.encoder.out_dim, out, args.objective == "siglip", args.batch, args.pool, tokens),
+                  t["x"], t, v["x"], v, freeze=args.freeze,
+                  name=f"{cfg.model.hiera.name} {'frozen at init' if args.freeze else 'from scratch'}, "
+                       f"{args.pool} pool, {cfg.model.pixels} pixels", **kw)
     if args.save:
         safetensors.numpy.save_file(hiera.meta_state_dict(probe.encoder.encoder), args.save)
         print(f"Hiera written to {args.save}", flush=True)
