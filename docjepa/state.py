@@ -123,14 +123,19 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx
     stream's data does)."""
     param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh, sharding.config_rules(cfg)))
     abstract = abstract_train_state(tx, abstract_params, cfg)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt"], param_sh,
-                                   transform_non_params=lambda _: sharding.replicated(mesh))
-    out = {"params": param_sh, "opt": opt_sh, "step": sharding.replicated(mesh)}
+    out = {"params": param_sh, "opt": opt_shardings(tx, abstract["opt"], param_sh, mesh),
+           "step": sharding.replicated(mesh)}
     if "target" in abstract:
         out["target"] = byol.online_part(param_sh)
     if "memory" in abstract:
         out["memory"] = sharding.batch_sharding(mesh, 3)
     return out
+
+
+def opt_shardings(tx: optax.GradientTransformation, abstract_opt: Any, param_sh: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Optimizer state shardings: each moment as its parameter, counters replicated."""
+    return optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                 transform_non_params=lambda _: sharding.replicated(mesh))
 
 
 class Restored:

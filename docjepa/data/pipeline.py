@@ -477,6 +477,16 @@ def _spec(manifest: dict[str, Any], data_dir: str, max_steps: int, max_pages: in
                  dim=int(manifest["encoder"]["dim"]), mean=mean, layout_grid=layout_grid)
 
 
+def example_spec(data_dir: str, max_steps: int, max_pages: int) -> _Spec:
+    """The stage-1 example layout of a corpus for readers that pair a record's chunks with
+    something else (stage 2, docjepa/data/stage2.py): `spec.chunks(doc)` of a record decoded with
+    `RECORD_FIELDS`, then `spec.example(chunk, None)`. Targets are not centred (not read there)."""
+    return _spec(read_manifest(data_dir), data_dir, max_steps, max_pages, min_words=0, center=False)
+
+
+RECORD_FIELDS = frozenset(_TRAIN_FIELDS)
+
+
 def check_encoder(manifest: dict[str, Any], text_cfg: mlc.ConfigDict, data_dir: str) -> None:
     """Refuse a corpus whose targets were embedded with another text encoder than `config.text`
     names: its targets would live in another space than the one the run means to learn."""

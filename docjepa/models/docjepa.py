@@ -322,7 +322,8 @@ class DocJEPA(nnx.Module):
     def __call__(self, patches: jax.Array, step_mask: jax.Array, page_ids: jax.Array, boxes: jax.Array, *,
                  max_pages: int, memory: jax.Array | None = None, reset: jax.Array | None = None,
                  stage: int | None = None, trace: bool = False, train: bool = False,
-                 pack: tuple[int, int] | None = None, pretext_key: jax.Array | None = None) -> dict[str, jax.Array]:
+                 pack: tuple[int, int] | None = None, pretext_key: jax.Array | None = None,
+                 ttm_tokens: bool = False) -> dict[str, jax.Array]:
         """Embeddings per step, page and document; the memory to carry; with `stage`, that
         Hiera stage's maps.
 
@@ -383,4 +384,7 @@ class DocJEPA(nnx.Module):
             **({} if self.layout_head is None else {"layout": self.layout_head(maps[self.layout_stage])}),
             **({"feature_means": means, "health": health} if train else {}),
             **({"encoder_features": window_features} if self.variance_term else {}),
+            # With `ttm_tokens` (and the TTM), "tokens" [B, S, r, C]: the TTM's output tokens of each
+            # step, what stage 2 projects into the language model (docjepa/models/bridge.py).
+            **({"tokens": outputs} if ttm_tokens and self.ttm is not None else {}),
         }

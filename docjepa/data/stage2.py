@@ -1,0 +1,175 @@
+"""Stage-2 data: the tokenizer of the language model and batches of (document chunk, task pair).
+
+An example is one document read by the frozen encoder (its windows, as stage 1 cuts them) and one
+of its instruction/answer pairs (`tasks.py`), as text token ids: the prompt, a newline, the answer
+and the end-of-sequence token, right-padded to `lm.max_text_tokens`; `loss_mask` marks the answer
+and its end token, the only positions the cross-entropy reads. A document is one chunk of
+`data.max_steps` windows and `data.max_pages` pages; longer documents and pairs whose text does not
+fit are left out of the index (and counted), so every example shows the encoder the whole page
+its pair is about.
+
+The embedded default trains a byte-level BPE tokenizer (Hugging Face `tokenizers`) on the training
+split's prompts and answers when fine-tuning starts; with `lm.model_dir`, the checkpoint's own
+tokenizer.json is read. Batches come from grain: a shuffled, repeated index of (record, pair),
+sharded by process, whose iterator state is a position (saved with the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import ml_collections as mlc
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from docjepa.data import pipeline, tasks
+from docjepa.data.record import decode_record
+
+PAD, EOS = "<pad>", "</s>"
+# What the frozen encoder reads of a stage-1 example.
+ENCODER_FIELDS = ("patches", "step_mask", "page_ids", "window_box")
+_RECORD_FIELDS = pipeline.RECORD_FIELDS | {"tasks_json"}
+
+
+class TextCodec:
+    """A tokenizer with the end and padding ids stage 2 needs."""
+
+    def __init__(self, tokenizer: Tokenizer, eos_id: int, pad_id: int):
+        self.tokenizer, self.eos_id, self.pad_id = tokenizer, eos_id, pad_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids` up to the first end token."""
+        ids = [int(i) for i in ids]
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def pair(self, prompt: str, answer: str | None) -> tuple[list[int], int]:
+        """Token ids of `prompt`, a newline and (unless None) `answer` and the end token, and how
+        many of them are the prompt's."""
+        head = self.encode(prompt + "\n")
+        return head + ([] if answer is None else self.encode(answer) + [self.eos_id]), len(head)
+
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int) -> TextCodec:
+    """A byte-level BPE tokenizer of `vocab_size` entries learnt from `texts` (deterministic, so
+    every process learns the same one): any string encodes, unseen characters as bytes."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return TextCodec(tok, tok.token_to_id(EOS), tok.token_to_id(PAD))
+
+
+def load_tokenizer(path: str | os.PathLike, eos_id: int | None = None, pad_id: int | None = None) -> TextCodec:
+    """tokenizer.json at `path`; the end and padding ids default to its `</s>` and `<pad>` tokens
+    (a Hugging Face checkpoint passes those of its config.json)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no tokenizer.json")
+    tok = Tokenizer.from_file(os.fspath(path))
+    eos = tok.token_to_id(EOS) if eos_id is None else eos_id
+    if eos is None:
+        raise ValueError(f"{path}: no {EOS} token and no eos_token_id in config.json")
+    pad = tok.token_to_id(PAD) if pad_id is None else pad_id
+    return TextCodec(tok, int(eos), int(eos if pad is None else pad))
+
+
+def texts(data_dir: str, split: str) -> Iterator[str]:
+    """Every prompt and answer of a split: what the embedded tokenizer learns from."""
+    for p in tasks.read_pairs(data_dir, split):
+        yield p.prompt
+        yield p.answer
+
+
+def pair_index(data_cfg: mlc.ConfigDict, split: str, codec: TextCodec, max_text_tokens: int
+               ) -> tuple[np.ndarray, dict[str, int]]:
+    """[N, 2] (record, pair) of the split's usable pairs, in record order, and the counts of
+    those left out by reason (`long_document`: more than one chunk; `long_text`: more than
+    `max_text_tokens` tokens)."""
+    rows, skipped = [], {"long_document": 0, "long_text": 0}
+    for r, rec in enumerate(pipeline.records(data_cfg.dir, split, {"windows", "tasks_json"})):
+        pairs = [p for p in json.loads(rec["tasks_json"]) if p["task"] in data_cfg.tasks]
+        if len(pipeline.plan_chunks(rec["windows"][:, 0], data_cfg.max_steps, data_cfg.max_pages)) != 1:
+            skipped["long_document"] += len(pairs)
+            continue
+        for j, p in enumerate(json.loads(rec["tasks_json"])):
+            if p["task"] not in data_cfg.tasks:
+                continue
+            if len(codec.pair(p["prompt"], p["answer"])[0]) > max_text_tokens:
+                skipped["long_text"] += 1
+            else:
+                rows.append((r, j))
+    return np.array(rows, np.int64).reshape(-1, 2), skipped
+
+
+class Examples:
+    """Index position -> one example: the encoder fields of the document's chunk, the pair's
+    training text (`input_ids`, `text_mask`, `loss_mask`, [T]), its prompt alone for generation
+    (`prompt_ids`, `prompt_mask`, [T]) and `task_id` (position in `tasks.TASKS`)."""
+
+    def __init__(self, data_cfg: mlc.ConfigDict, split: str, index: np.ndarray, codec: TextCodec, max_text_tokens: int):
+        self.source = grain.sources.ArrayRecordDataSource(
+            [os.path.join(data_cfg.dir, f) for f in pipeline.read_manifest(data_cfg.dir)["splits"][split]["files"]])
+        self.spec = pipeline.example_spec(data_cfg.dir, data_cfg.max_steps, data_cfg.max_pages)
+        self.index, self.codec, self.length = index, codec, max_text_tokens
+
+    def _row(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.full(self.length, self.codec.pad_id, np.int32)
+        out[: len(ids)] = ids
+        return out, np.arange(self.length) < len(ids)
+
+    def pair(self, position: int) -> dict[str, Any]:
+        """The stored pair of index `position` ({task, prompt, answer})."""
+        record, j = self.index[position]
+        return json.loads(decode_record(self.source[int(record)], {"tasks_json"})["tasks_json"])[int(j)]
+
+    def __call__(self, position: int) -> dict[str, np.ndarray]:
+        record, j = (int(x) for x in self.index[position])
+        doc = decode_record(self.source[record], _RECORD_FIELDS)
+        doc["record_index"] = record
+        ex = self.spec.example(self.spec.chunks(doc)[0], None)
+        p = json.loads(doc["tasks_json"])[j]
+        ids, n_prompt = self.codec.pair(p["prompt"], p["answer"])
+        input_ids, text_mask = self._row(ids)
+        prompt_ids, prompt_mask = self._row(ids[:n_prompt])
+        return {**{k: ex[k] for k in ENCODER_FIELDS}, "input_ids": input_ids, "text_mask": text_mask,
+                "loss_mask": text_mask & (np.arange(self.length) >= n_prompt), "prompt_ids": prompt_ids,
+                "prompt_mask": prompt_mask, "task_id": np.int32(tasks.TASKS.index(p["task"]))}
+
+
+def train_dataset(examples: Examples, *, seed: int, local_batch: int, process_index: int,
+                  process_count: int) -> grain.MapDataset:
+    """This process's batches, batch k at position k: its share of the index, reshuffled every
+    epoch, repeated without end. `iter()` of it is the checkpointable iterator."""
+    n = len(examples.index)
+    if n < process_count * local_batch:
+        raise pipeline.DataError(f"stage 2: {n} usable pairs in the training split, fewer than the global batch "
+                                 f"of {process_count * local_batch}")
+    ds = grain.MapDataset.range(n)[process_index::process_count].shuffle(seed=seed).repeat(None)
+    return ds.map(examples).batch(local_batch, drop_remainder=True)
+
+
+def eval_batches(examples: Examples, batch_size: int, limit: int | None = None
+                 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, int]]:
+    """Batches of the index in order, each with the positions it holds and how many rows are
+    real: the last batch is padded with copies of its first row, so every batch has one shape."""
+    n = len(examples.index) if limit is None else min(limit, len(examples.index))
+    for start in range(0, n, batch_size):
+        positions = np.arange(start, min(start + batch_size, n))
+        rows = [examples(int(p)) for p in positions]
+        real = len(rows)
+        rows += [rows[0]] * (batch_size - real)
+        yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, positions, real

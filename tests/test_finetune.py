@@ -1,0 +1,179 @@
+"""Stage 2 (docjepa/finetune.py): a real stage-1 run's encoder, frozen, feeds the small decoder LM.
+
+The corpus is the shared one of the real prepare (with its task pairs); the stage-1 checkpoint
+comes from two steps of the real `python -m docjepa.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import train_utils
+from bench.device_check import compare, final_state
+from configs import stage2_demo
+from docjepa import checkpoint, finetune, sharding
+from docjepa.data import stage2, tasks
+from docjepa.models import decoder
+
+
+@pytest.fixture(scope="module")
+def stage1(synth_corpus, tmp_path_factory, jax_cache):
+    workdir = tmp_path_factory.mktemp("stage1")
+    r = train_utils.run(train_utils.train_cmd(synth_corpus, workdir, 2), cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir
+
+
+def quick_config(corpus, stage1_dir, steps: int = 100):
+    cfg = stage2_demo.get_config("quick")
+    cfg.data.dir, cfg.stage1.workdir = str(corpus), str(stage1_dir)
+    cfg.train.steps = steps  # the schedule's length: the lr stays near its peak over a few steps
+    cfg.optim.lr = 3e-3
+    return cfg
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def first_batch(setup: finetune.Stage2) -> dict[str, np.ndarray]:
+    data = stage2.train_dataset(setup.examples("train"), seed=0, local_batch=setup.cfg.data.batch_size,
+                                process_index=0, process_count=1)
+    return next(iter(data))
+
+
+def test_frozen_encoder_learning_and_generation(synth_corpus, stage1, tmp_path):
+    """No optimizer state for the encoder, its parameters bit-identical after steps (and equal to
+    the stage-1 checkpoint's), the loss falls on a fixed batch, greedy generation runs under jit."""
+    mesh = sharding.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
+    setup = finetune.Stage2(quick_config(synth_corpus, stage1), str(tmp_path), mesh)
+    assert (tmp_path / "tokenizer.json").exists()
+    state = setup.init_state()
+    assert set(state["params"]) == {"projector", "lm"} and set(state["frozen"]) == {"encoder"}
+    assert not [k for k in flat(state["opt"]) if "encoder" in k]
+    assert len(flat(state["opt"])) >= 2 * len(flat(state["params"]))  # Adam's two moments of the trainable part
+    saved = {k.replace("'", ""): v for k, v in final_state(stage1, 2).items()}  # orbax keys lists by strings
+    encoder = flat(state["frozen"]["encoder"])
+    assert all(np.array_equal(saved["[params]" + k.replace("'", "")], v) for k, v in encoder.items())
+
+    batch = first_batch(setup)
+    step = setup.jit_train_step()
+    losses = []
+    for _ in range(6):
+        state, m = step(state, sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
+        losses.append(float(m["loss"]))
+    assert float(m["answer_tokens"]) > 0 and all(np.isfinite(losses))
+    assert losses[-1] < 0.85 * losses[0] and losses == sorted(losses, reverse=True), losses
+    assert compare(encoder, flat(state["frozen"]["encoder"])).startswith("bitwise equal")
+
+    embeds, mask = setup._prefix(state, {k: batch[k] for k in (*stage2.ENCODER_FIELDS, "prompt_ids", "prompt_mask")})
+    tokens = decoder.generate(setup.modules(state)[2], embeds, mask, 6, eos_id=setup.codec.eos_id)
+    assert tokens.shape == (batch["input_ids"].shape[0], 6) and tokens.dtype == np.int32
+    assert isinstance(tokens, jax.Array)
+    assert all(isinstance(a, str) for a in setup.answer(state, batch, 6))
+
+
+def test_lora_trains_adapters_only(synth_corpus, stage1, tmp_path):
+    """With LoRA the LM joins the frozen part: the optimizer holds the projector and adapters only,
+    and the adapters start at zero (the first forward is the loaded LM's)."""
+    lm_dir = tmp_path / "lm"
+    cfg = quick_config(synth_corpus, stage1)
+    mesh = sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1])
+    embedded = finetune.Stage2(cfg, str(tmp_path / "embedded"), mesh)
+    write_hf_checkpoint(embedded, lm_dir)
+    cfg.lm.model_dir, cfg.lm.finetune = str(lm_dir), "lora"
+    setup = finetune.Stage2(cfg, str(tmp_path / "lora"), mesh)
+    state = setup.init_state()
+    assert set(state["params"]) == {"projector", "lora"} and set(state["frozen"]) == {"encoder", "lm"}
+    assert not [k for k in flat(state["opt"]) if "encoder" in k or "['lm']" in k]
+    merged = flat(setup.modules(state)[2].layers[0].self_attn.q_proj.kernel[...])
+    base = flat(state["frozen"]["lm"]["layers"][0]["self_attn"]["q_proj"]["kernel"])
+    assert compare(merged, base).startswith("bitwise equal")
+    lm_before = flat(state["frozen"]["lm"])
+    batch = first_batch(setup)
+    state, m = setup.jit_train_step()(state, sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
+    assert np.isfinite(float(m["loss"]))
+    assert compare(lm_before, flat(state["frozen"]["lm"])).startswith("bitwise equal")
+    assert any(np.abs(v).max() > 0 for k, v in flat(state["params"]["lora"]).items() if k.endswith("['b']"))
+
+
+def write_hf_checkpoint(setup: finetune.Stage2, out) -> None:
+    """The embedded LM at initialisation as a Hugging Face Llama directory (what lm.model_dir reads)."""
+    from safetensors.numpy import save_file
+
+    out.mkdir()
+    lm, cfg = setup.modules(setup.init_state())[2], setup.lm_cfg
+    tensors = {}
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))[0]
+    for path, v in leaves:
+        name, transpose = decoder._hf_key(tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path))
+        tensors[name] = np.ascontiguousarray(np.asarray(v).T if transpose else np.asarray(v))
+    save_file(tensors, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads, "tie_word_embeddings": True,
+        "eos_token_id": setup.codec.eos_id, "pad_token_id": setup.codec.pad_id}))
+    setup.codec.tokenizer.save(str(out / "tokenizer.json"))
+
+
+def finetune_cmd(corpus, stage1_dir, workdir, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "docjepa.finetune", "--config", "configs/stage2_demo.py:quick",
+            f"--config.data.dir={corpus}", f"--config.stage1.workdir={stage1_dir}", f"--workdir={workdir}",
+            f"--config.train.steps={steps}", *extra]
+
+
+@pytest.fixture(scope="module")
+def finetuned(synth_corpus, stage1, tmp_path_factory, jax_cache):
+    """`python -m docjepa.finetune` for 4 steps (checkpoints at 2 and 4)."""
+    workdir = tmp_path_factory.mktemp("stage2")
+    r = train_utils.run(finetune_cmd(synth_corpus, stage1, workdir, 4), cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir
+
+
+def test_cli_resume(synth_corpus, stage1, finetuned, tmp_path, jax_cache):
+    """A run stopped by SIGTERM after step 2 saves and exits; restarted, it resumes from that
+    checkpoint and its data position, and its trainable parameters end bitwise equal to those of
+    the 4 steps run straight."""
+    cmd = finetune_cmd(synth_corpus, stage1, tmp_path, 4)
+    proc = subprocess.Popen(cmd, cwd=train_utils.ROOT, env=train_utils.env(cache=jax_cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    train_utils.wait_for_step(tmp_path, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0
+    stopped = train_utils.checkpoint_steps(tmp_path)[-1]
+    assert stopped < 4
+    r = train_utils.run(cmd, cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from step {stopped}" in r.stderr
+    assert compare(final_state(finetuned, 4), final_state(tmp_path, 4)).startswith("bitwise equal")
+
+
+def test_cli_eval(synth_corpus, stage1, finetuned, jax_cache):
+    """`--eval` answers validation pairs by greedy decoding and writes each task's JSON validity
+    and metrics to W/eval/step_4.json, and every answer to step_4_answers.jsonl."""
+    r = train_utils.run(finetune_cmd(synth_corpus, stage1, finetuned, 4, "--eval"), cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((finetuned / "eval" / "step_4.json").read_text())
+    assert result["step"] == 4 and result["tasks"]
+    for task, row in result["tasks"].items():
+        assert task in tasks.TASKS and row["examples"] > 0 and 0 <= row["valid"] <= 1
+    answers = (finetuned / "eval" / "step_4_answers.jsonl").read_text().splitlines()
+    assert sum(r["examples"] for r in result["tasks"].values()) == len(answers) == 4  # evals.max_examples
+
+
+def test_cli_refuses_missing_stage1(synth_corpus, tmp_path):
+    r = train_utils.run([sys.executable, "-m", "docjepa.finetune", "--config", "configs/stage2_demo.py:quick",
+                         f"--config.data.dir={synth_corpus}", "--config.stage1.workdir=", f"--workdir={tmp_path}"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: config.stage1.workdir")
+    assert checkpoint.workdir_path(tmp_path).exists()
