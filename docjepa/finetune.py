@@ -149,8 +149,8 @@ class Stage2:
 
     def abstract_state(self) -> dict[str, Any]:
         """The train state as ShapeDtypeStructs on its shardings: what orbax restores onto."""
-        params = self._initial["params"]
-        tree = {**self._initial, "opt": jax.eval_shape(self.tx.init, params), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+        tree = {**self._initial, "opt": jax.eval_shape(self.tx.init, self._initial["params"]),
+                "step": jax.ShapeDtypeStruct((), jnp.int32)}
         return checkpoint.abstract_with_shardings(tree, self.state_sh)
 
     def modules(self, state: dict[str, Any]) -> tuple[nnx.Module, bridge.Projector, decoder.Decoder]:
@@ -158,13 +158,14 @@ class Stage2:
         params, frozen = state["params"], state["frozen"]
         lm = params["lm"] if "lm" in params else bridge.lora_merge(
             frozen["lm"], params["lora"], self.cfg.lm.lora_alpha / self.cfg.lm.lora_rank)
-        return (nnx.merge(self.encoder_graphdef, frozen["encoder"]), nnx.merge(self.projector_graphdef, params["projector"]),
-                nnx.merge(self.lm_graphdef, lm))
+        return (nnx.merge(self.encoder_graphdef, frozen["encoder"]),
+                nnx.merge(self.projector_graphdef, params["projector"]), nnx.merge(self.lm_graphdef, lm))
 
     def visual(self, encoder: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         return bridge.visual_tokens(encoder, batch, max_pages=self.cfg.data.max_pages, memory=self.cfg.bridge.memory)
 
-    def train_step(self, state: dict[str, Any], batch: dict[str, jax.Array]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    def train_step(self, state: dict[str, Any], batch: dict[str, jax.Array]
+                   ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         """One update of the trainable part; the encoder runs outside the differentiated function
         and `frozen` comes back as it went in. Non-finite updates are skipped, as in stage 1."""
         with sharding.activation_sharding(self.mesh, self.rules):
@@ -197,7 +198,8 @@ class Stage2:
     def answer(self, state: dict[str, Any], batch: dict[str, np.ndarray], max_new_tokens: int) -> list[str]:
         """Greedy answers to the batch's prompts, decoded to text."""
         prefix = self._prefix(state, {k: batch[k] for k in (*stage2.ENCODER_FIELDS, "prompt_ids", "prompt_mask")})
-        out = decoder.generate(self.modules(state)[2], *prefix, max_new_tokens, eos_id=self.codec.eos_id, pad_id=self.codec.pad_id)
+        out = decoder.generate(self.modules(state)[2], *prefix, max_new_tokens, eos_id=self.codec.eos_id,
+                               pad_id=self.codec.pad_id)
         return [self.codec.decode(row) for row in np.asarray(out)]
 
     @functools.partial(jax.jit, static_argnums=0)

@@ -19,7 +19,7 @@ from flax import nnx
 import train_utils
 from bench.device_check import compare, final_state
 from configs import stage2_demo
-from docjepa import checkpoint, finetune, sharding
+from docjepa import finetune, sharding
 from docjepa.data import stage2, tasks
 from docjepa.models import decoder
 
@@ -176,4 +176,20 @@ def test_cli_refuses_missing_stage1(synth_corpus, tmp_path):
     r = train_utils.run([sys.executable, "-m", "docjepa.finetune", "--config", "configs/stage2_demo.py:quick",
                          f"--config.data.dir={synth_corpus}", "--config.stage1.workdir=", f"--workdir={tmp_path}"])
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: config.stage1.workdir")
-    assert checkpoint.workdir_path(tmp_path).exists()
+
+
+def test_answer_scores():
+    """Invalid JSON scores 0 on the task's metric; OCR F1 is over word multisets; QA is exact."""
+    from docjepa.evals import answers
+
+    truth = json.dumps({"lines": ["Total due", "$12.00"]})
+    assert answers.score("ocr", truth, truth) == {"valid": 1.0, "word_f1": 1.0}
+    assert answers.score("ocr", json.dumps({"lines": ["Total $12.00 extra"]}), truth)["word_f1"] == pytest.approx(
+        2 * (2 / 3) * (2 / 3) / (4 / 3))
+    assert answers.score("ocr", '{"lines": ["Total due"', truth) == {"valid": 0.0, "word_f1": 0.0}
+    qa = json.dumps({"answer": "$12.00", "page": 1})
+    assert answers.score("qa", qa, qa) == {"valid": 1.0, "exact_match": 1.0}
+    assert answers.score("qa", json.dumps({"answer": "$12", "page": 1}), qa)["exact_match"] == 0.0
+    assert answers.score("layout", '{"elements": []}', '{"elements": []}') == {"valid": 1.0}
+    summary = answers.summarize([("qa", {"valid": 1.0, "exact_match": 1.0}), ("qa", {"valid": 0.0, "exact_match": 0.0})])
+    assert summary == {"qa": {"examples": 2, "valid": 0.5, "exact_match": 0.5}}

@@ -49,4 +49,5 @@ def summarize(scores: Iterable[tuple[str, dict[str, float]]]) -> dict[str, dict[
         counts[task] += 1
         for k, v in s.items():
             sums[task][k] += v
-    return {t: {"examples": counts[t], **{k: v / counts[t] for k, v in sums[t].items()}} for t in tasks.TASKS if counts[t]}
+    return {t: {"examples": counts[t], **{k: v / counts[t] for k, v in sums[t].items()}}
+            for t in tasks.TASKS if counts[t]}
