@@ -81,6 +81,29 @@ def test_frozen_encoder_learning_and_generation(synth_corpus, stage1, tmp_path):
     assert all(isinstance(a, str) for a in setup.answer(state, batch, 6))
 
 
+def test_sharded_step_equals_one_device(synth_corpus, stage1, tmp_path):
+    """The step on a 2 x 2 (data x tensor) mesh computes the loss and gradients of the one-device
+    step. With lr 0 the parameters stay put and Adam's first moment holds (1 - b1) x the clipped
+    gradient, compared leaf by leaf in float32 (the reductions run in another order)."""
+    out = {}
+    for name, axes, devices in (("one", (("data", 1), ("fsdp", 1), ("tensor", 1)), 1),
+                                ("sharded", (("data", 2), ("fsdp", 1), ("tensor", 2)), 4)):
+        cfg = quick_config(synth_corpus, stage1)
+        cfg.optim.lr = 0.0
+        mesh = sharding.make_mesh(axes, devices=jax.devices()[:devices])
+        setup = finetune.Stage2(cfg, str(tmp_path / name), mesh)
+        batch = first_batch(setup)
+        state, m = setup.jit_train_step()(setup.init_state(),
+                                          sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
+        out[name] = float(m["loss"]), flat(state["opt"])
+    (loss_one, opt_one), (loss_sharded, opt_sharded) = out["one"], out["sharded"]
+    assert loss_sharded == pytest.approx(loss_one, rel=1e-5)
+    assert opt_one.keys() == opt_sharded.keys()
+    assert max(float(np.abs(v).max()) for v in opt_one.values() if v.size) > 0  # gradients were recorded
+    for k in opt_one:
+        np.testing.assert_allclose(opt_sharded[k], opt_one[k], rtol=1e-4, atol=1e-7, err_msg=k)
+
+
 def test_lora_trains_adapters_only(synth_corpus, stage1, tmp_path):
     """With LoRA the LM joins the frozen part: the optimizer holds the projector and adapters only,
     and the adapters start at zero (the first forward is the loaded LM's)."""
