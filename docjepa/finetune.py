@@ -90,7 +90,8 @@ class Stage2:
         self.codec, lm = self._language_model(workdir)
         self.lm_cfg = lm.cfg
         width = int(encoder.params["ttm"]["memory_init"].shape[-1])
-        projector = bridge.Projector(width, cfg.bridge.hidden, lm.cfg.hidden_size, rngs=nnx.Rngs(cfg.seed + 1))
+        projector = bridge.Projector(width, cfg.bridge.hidden, lm.cfg.hidden_size, cfg.data.max_pages,
+                                     rngs=nnx.Rngs(cfg.seed + 1))
         self.lm_graphdef, self.projector_graphdef = nnx.graphdef(lm), nnx.graphdef(projector)
         lm_sh = nnx.to_pure_dict(sharding.state_shardings(nnx.state(lm, nnx.Param), mesh, self.rules))
         projector_sh = nnx.to_pure_dict(sharding.state_shardings(nnx.state(projector, nnx.Param), mesh, self.rules))
@@ -161,7 +162,7 @@ class Stage2:
         return (nnx.merge(self.encoder_graphdef, frozen["encoder"]),
                 nnx.merge(self.projector_graphdef, params["projector"]), nnx.merge(self.lm_graphdef, lm))
 
-    def visual(self, encoder: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    def visual(self, encoder: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
         return bridge.visual_tokens(encoder, batch, max_pages=self.cfg.data.max_pages, memory=self.cfg.bridge.memory)
 
     def train_step(self, state: dict[str, Any], batch: dict[str, jax.Array]
@@ -169,11 +170,11 @@ class Stage2:
         """One update of the trainable part; the encoder runs outside the differentiated function
         and `frozen` comes back as it went in. Non-finite updates are skipped, as in stage 1."""
         with sharding.activation_sharding(self.mesh, self.rules):
-            visual, visual_mask = self.visual(self.modules(state)[0], batch)
+            visual = self.visual(self.modules(state)[0], batch)
 
             def loss_fn(params):
                 _, projector, lm = self.modules({**state, "params": params})
-                return bridge.answer_loss(projector, lm, visual, visual_mask, batch)
+                return bridge.answer_loss(projector, lm, visual, batch)
 
             (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
@@ -205,8 +206,7 @@ class Stage2:
     @functools.partial(jax.jit, static_argnums=0)
     def _prefix(self, state: dict[str, Any], batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         encoder, projector, lm = self.modules(state)
-        visual, visual_mask = self.visual(encoder, batch)
-        return bridge.prefix(projector, lm, visual, visual_mask, batch["prompt_ids"], batch["prompt_mask"])
+        return bridge.prefix(projector, lm, self.visual(encoder, batch), batch["prompt_ids"], batch["prompt_mask"])
 
 
 def evaluate(setup: Stage2, state: dict[str, Any], workdir: str) -> dict[str, Any]:

@@ -29,29 +29,36 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 class Projector(nnx.Module):
-    """LayerNorm -> MLP from the encoder's width to the LM's."""
+    """LayerNorm -> MLP from the encoder's width to the LM's, plus an embedding of the page each
+    token comes from (slot `max_pages`: the memory, which holds the whole document). Prompts name
+    pages ("Read page 2."); the TTM's tokens know where on its page a window lies, not which page."""
 
-    def __init__(self, dim: int, hidden: int, out: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, hidden: int, out: int, max_pages: int, *, rngs: nnx.Rngs):
         self.norm = layers.layer_norm(dim, rngs=rngs)
         self.mlp = layers.Mlp(dim, hidden, out, rngs=rngs)
+        self.page = layers.param(nnx.initializers.normal(0.02), (max_pages + 1, out), (None, "embed"), rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.mlp(self.norm(layers.at_least_f32(x)))
+    def __call__(self, x: jax.Array, page: jax.Array) -> jax.Array:
+        return self.mlp(self.norm(layers.at_least_f32(x))) + jnp.take(self.page[...], page, axis=0)
 
 
 def visual_tokens(encoder: DocJEPA, batch: dict[str, jax.Array], *, max_pages: int, memory: bool
-                  ) -> tuple[jax.Array, jax.Array]:
-    """The frozen encoder's tokens of each row's document [B, V, C] (gradient stopped) and which
-    are real [B, V]: r per real window (padding windows masked), then the m memory tokens."""
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The frozen encoder's tokens of each row's document [B, V, C] (gradient stopped), which are
+    real [B, V] and the page of each [B, V] (`max_pages` for memory tokens): r per real window
+    (padding windows masked), then the m memory tokens."""
     out = encoder(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
                   max_pages=max_pages, ttm_tokens=True)
     steps = layers.at_least_f32(out["tokens"])
     b, s, r, c = steps.shape
     x, mask = steps.reshape(b, s * r, c), jnp.repeat(batch["step_mask"], r, axis=1)
+    page = jnp.repeat(jnp.clip(batch["page_ids"], 0, max_pages - 1), r, axis=1)
     if memory:
+        m = out["memory"].shape[1]
         x = jnp.concatenate([x, out["memory"].astype(x.dtype)], axis=1)
-        mask = jnp.concatenate([mask, jnp.ones(out["memory"].shape[:2], bool)], axis=1)
-    return jax.lax.stop_gradient(x), mask
+        mask = jnp.concatenate([mask, jnp.ones((b, m), bool)], axis=1)
+        page = jnp.concatenate([page, jnp.full((b, m), max_pages, page.dtype)], axis=1)
+    return jax.lax.stop_gradient(x), mask, page
 
 
 def lora_init(lm_params: dict[str, Any], rank: int, key: jax.Array) -> dict[str, Any]:
@@ -75,23 +82,24 @@ def lora_merge(lm_params: dict[str, Any], lora: dict[str, Any], scale: float) ->
     return traverse_util.unflatten_dict(flat)
 
 
-def prefix(projector: Projector, lm: Decoder, visual: jax.Array, visual_mask: jax.Array, ids: jax.Array,
+def prefix(projector: Projector, lm: Decoder, visual: tuple[jax.Array, jax.Array, jax.Array], ids: jax.Array,
            ids_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The LM's input embeddings [B, V + T, D] and attention mask: projected visual tokens, then
-    the embeddings of the text `ids` [B, T]."""
-    embeds = jnp.concatenate([projector(visual).astype(lm.dtype), lm.embed(ids)], axis=1)
-    return embeds, jnp.concatenate([visual_mask, ids_mask.astype(bool)], axis=1)
+    """The LM's input embeddings [B, V + T, D] and attention mask: the projected `visual_tokens`,
+    then the embeddings of the text `ids` [B, T]."""
+    tokens, mask, page = visual
+    embeds = jnp.concatenate([projector(tokens, page).astype(lm.dtype), lm.embed(ids)], axis=1)
+    return embeds, jnp.concatenate([mask, ids_mask.astype(bool)], axis=1)
 
 
-def answer_loss(projector: Projector, lm: Decoder, visual: jax.Array, visual_mask: jax.Array,
+def answer_loss(projector: Projector, lm: Decoder, visual: tuple[jax.Array, jax.Array, jax.Array],
                 batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Mean next-token cross-entropy over the answer tokens of the batch (`loss_mask`), and how
     many there are. Text token t + 1 is predicted at text position t; the vocabulary
     projection runs on the text positions only."""
     ids = batch["input_ids"]
-    embeds, mask = prefix(projector, lm, visual, visual_mask, ids, batch["text_mask"])
+    embeds, mask = prefix(projector, lm, visual, ids, batch["text_mask"])
     hidden, _ = lm.hidden(inputs_embeds=embeds, attention_mask=mask)
-    logits = lm.logits(hidden[:, visual.shape[1]:-1])
+    logits = lm.logits(hidden[:, visual[0].shape[1]:-1])
     weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
     count = jnp.sum(weights)
