@@ -27,14 +27,16 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.stage1.workdir = "runs/demo"       # a stage-1 run: its config.json and checkpoints/
     c.stage1.step = 0                    # 0 = its latest checkpoint
 
-    # One example: a whole document (one chunk: at most max_steps windows, max_pages pages) and
-    # one of its instruction/answer pairs. A demo page is 12 windows, a document 1-4 pages.
+    # One example: a whole document (at most max_chunks chunks of max_steps windows and max_pages
+    # pages, read with the TTM's memory carried) and one of its instruction/answer pairs. A demo
+    # page is 12 windows, a document 1-4 pages: one chunk holds any of them.
     c.data = mlc.ConfigDict()
     c.data.dir = "data/demo"
     c.data.train_split = "train"
     c.data.val_split = "val"
     c.data.max_steps = 48
     c.data.max_pages = 4
+    c.data.max_chunks = 1
     c.data.tasks = tasks.TASKS
     c.data.batch_size = 4
 

@@ -59,6 +59,8 @@ def check(cfg: mlc.ConfigDict) -> None:
     unknown = [t for t in cfg.data.tasks if t not in tasks.TASKS]
     if unknown or not cfg.data.tasks:
         raise ValueError(f"config.data.tasks: {list(cfg.data.tasks)} must be a non-empty subset of {list(tasks.TASKS)}")
+    if not isinstance(cfg.data.max_chunks, int) or cfg.data.max_chunks < 1:
+        raise ValueError(f"config.data.max_chunks: must be an integer >= 1, got {cfg.data.max_chunks!r}")
     if cfg.lm.model_dir and not os.path.isfile(os.path.join(cfg.lm.model_dir, "tokenizer.json")):
         raise ValueError(f"config.lm.model_dir: {cfg.lm.model_dir}/tokenizer.json not found")
 
@@ -90,8 +92,8 @@ class Stage2:
         self.codec, lm = self._language_model(workdir)
         self.lm_cfg = lm.cfg
         width = int(encoder.params["ttm"]["memory_init"].shape[-1])
-        projector = bridge.Projector(width, cfg.bridge.hidden, lm.cfg.hidden_size, cfg.data.max_pages,
-                                     rngs=nnx.Rngs(cfg.seed + 1))
+        projector = bridge.Projector(width, cfg.bridge.hidden, lm.cfg.hidden_size,
+                                     cfg.data.max_chunks * cfg.data.max_pages, rngs=nnx.Rngs(cfg.seed + 1))
         self.lm_graphdef, self.projector_graphdef = nnx.graphdef(lm), nnx.graphdef(projector)
         lm_sh = nnx.to_pure_dict(sharding.state_shardings(nnx.state(lm, nnx.Param), mesh, self.rules))
         projector_sh = nnx.to_pure_dict(sharding.state_shardings(nnx.state(projector, nnx.Param), mesh, self.rules))
@@ -163,7 +165,9 @@ class Stage2:
                 nnx.merge(self.projector_graphdef, params["projector"]), nnx.merge(self.lm_graphdef, lm))
 
     def visual(self, encoder: nnx.Module, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return bridge.visual_tokens(encoder, batch, max_pages=self.cfg.data.max_pages, memory=self.cfg.bridge.memory)
+        data = self.cfg.data
+        return bridge.visual_tokens(encoder, batch, max_pages=data.max_pages, pages=data.max_chunks * data.max_pages,
+                                    memory=self.cfg.bridge.memory)
 
     def train_step(self, state: dict[str, Any], batch: dict[str, jax.Array]
                    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:

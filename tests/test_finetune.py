@@ -81,6 +81,39 @@ def test_frozen_encoder_learning_and_generation(synth_corpus, stage1, tmp_path):
     assert all(isinstance(a, str) for a in setup.answer(state, batch, 6))
 
 
+def test_document_read_across_chunks(synth_corpus, stage1, tmp_path):
+    """A document of several chunks (one page each here) is read with the memory carried: the
+    memory tokens the LM sees are those of stage 1's model called chunk after chunk with its
+    memory passed on (the padding chunks after the document leave it as it is), and the window
+    tokens are those of the chunk holding the page the prompt names, with that page's embedding."""
+    cfg = quick_config(synth_corpus, stage1)
+    cfg.data.max_steps, cfg.data.max_pages, cfg.data.max_chunks = 12, 1, 4
+    setup = finetune.Stage2(cfg, str(tmp_path), sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1]))
+    examples = setup.examples("train")
+    ex = next(e for e in map(examples, range(len(examples.index)))
+              if 1 < e["step_mask"].any(axis=1).sum() < 4 and 0 < e["focus"] < e["step_mask"].any(axis=1).sum() - 1)
+    state = setup.init_state()
+    batch = {k: ex[k][None] for k in stage2.ENCODER_FIELDS}
+    tokens, mask, page = jax.jit(lambda st, b: setup.visual(setup.modules(st)[0], b))(state, batch)
+
+    encoder, memory, focus, seen = setup.modules(state)[0], None, int(ex["focus"]), []
+    for k in range(int(ex["step_mask"].any(axis=1).sum())):
+        out = encoder(*(ex[f][k][None] for f in ("patches", "step_mask", "page_ids", "window_box")), max_pages=1,
+                      memory=memory, ttm_tokens=True)
+        memory = out["memory"]
+        seen.append(out["tokens"])
+    seen = seen[focus]
+    m, real = memory.shape[1], int(ex["step_mask"][focus].sum())
+    np.testing.assert_allclose(tokens[0, -m:], memory[0], rtol=1e-5, atol=1e-6)
+    r = seen.shape[2]
+    np.testing.assert_allclose(tokens[0, : real * r], np.asarray(seen[0, :real]).reshape(real * r, -1), rtol=1e-5,
+                               atol=1e-6)
+    assert mask[0, : real * r].all() and not mask[0, real * r : -m].any() and mask[0, -m:].all()
+    prompt = setup.codec.decode(ex["prompt_ids"][ex["prompt_mask"]])
+    assert f"page {focus + 1}." in prompt and (np.asarray(page[0, : real * r]) == focus).all()
+    assert (np.asarray(page[0, -m:]) == cfg.data.max_chunks * cfg.data.max_pages).all()
+
+
 def test_sharded_step_equals_one_device(synth_corpus, stage1, tmp_path):
     """The step on a 2 x 2 (data x tensor) mesh computes the loss and gradients of the one-device
     step. With lr 0 the parameters stay put and Adam's first moment holds (1 - b1) x the clipped

@@ -1,12 +1,13 @@
 """Stage-2 data: the tokenizer of the language model and batches of (document chunk, task pair).
 
-An example is one document read by the frozen encoder (its windows, as stage 1 cuts them) and one
-of its instruction/answer pairs (`tasks.py`), as text token ids: the prompt, a newline, the answer
-and the end-of-sequence token, right-padded to `lm.max_text_tokens`; `loss_mask` marks the answer
-and its end token, the only positions the cross-entropy reads. A document is one chunk of
-`data.max_steps` windows and `data.max_pages` pages; longer documents and pairs whose text does not
-fit are left out of the index (and counted), so every example shows the encoder the whole page
-its pair is about.
+An example is one document read by the frozen encoder (its windows, as stage 1 cuts them into
+chunks of `data.max_steps` windows and `data.max_pages` pages, at most `data.max_chunks` chunks,
+padded to that many) and one of its instruction/answer pairs (`tasks.py`), as text token ids: the
+prompt, a newline, the answer and the end-of-sequence token, right-padded to `lm.max_text_tokens`;
+`loss_mask` marks the answer and its end token, the only positions the cross-entropy reads.
+`focus` is the chunk whose TTM tokens the LM sees beside the memory: the first one holding the page
+the prompt names, or the last chunk where it names none (QA: the answer may be on any page).
+Longer documents and pairs whose text does not fit are left out of the index (and counted).
 
 The embedded default trains a byte-level BPE tokenizer (Hugging Face `tokenizers`) on the training
 split's prompts and answers when fine-tuning starts; with `lm.model_dir`, the checkpoint's own
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,8 +32,12 @@ from docjepa.data import pipeline, tasks
 from docjepa.data.record import decode_record
 
 PAD, EOS = "<pad>", "</s>"
-# What the frozen encoder reads of a stage-1 example.
-ENCODER_FIELDS = ("patches", "step_mask", "page_ids", "window_box")
+# What the frozen encoder reads: a stage-1 example per chunk [K, ...] (`doc_page`: each window's
+# page in the document, -1 on padding) and the chunk in focus.
+ENCODER_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "doc_page", "focus")
+_CHUNK_FIELDS = ("patches", "step_mask", "page_ids", "window_box")
+# "... page 2." as the prompts of tasks.py name a page (numbered from 1).
+_PAGE = re.compile(r"\bpage (\d+)\.$")
 _RECORD_FIELDS = pipeline.RECORD_FIELDS | {"tasks_json"}
 
 
@@ -97,12 +103,13 @@ def texts(data_dir: str, split: str) -> Iterator[str]:
 def pair_index(data_cfg: mlc.ConfigDict, split: str, codec: TextCodec, max_text_tokens: int
                ) -> tuple[np.ndarray, dict[str, int]]:
     """[N, 2] (record, pair) of the split's usable pairs, in record order, and the counts of
-    those left out by reason (`long_document`: more than one chunk; `long_text`: more than
-    `max_text_tokens` tokens)."""
+    those left out by reason (`long_document`: more than `data.max_chunks` chunks; `long_text`:
+    more than `max_text_tokens` tokens)."""
     rows, skipped = [], {"long_document": 0, "long_text": 0}
     for r, rec in enumerate(pipeline.records(data_cfg.dir, split, {"windows", "tasks_json"})):
         pairs = [p for p in json.loads(rec["tasks_json"]) if p["task"] in data_cfg.tasks]
-        if len(pipeline.plan_chunks(rec["windows"][:, 0], data_cfg.max_steps, data_cfg.max_pages)) != 1:
+        chunks = pipeline.plan_chunks(rec["windows"][:, 0], data_cfg.max_steps, data_cfg.max_pages)
+        if len(chunks) > data_cfg.max_chunks:
             skipped["long_document"] += len(pairs)
             continue
         for j, p in enumerate(json.loads(rec["tasks_json"])):
@@ -116,7 +123,8 @@ def pair_index(data_cfg: mlc.ConfigDict, split: str, codec: TextCodec, max_text_
 
 
 class Examples:
-    """Index position -> one example: the encoder fields of the document's chunk, the pair's
+    """Index position -> one example: the encoder fields of the document's chunks ([K, ...]) and
+    `focus`, the pair's
     training text (`input_ids`, `text_mask`, `loss_mask`, [T]), its prompt alone for generation
     (`prompt_ids`, `prompt_mask`, [T]) and `task_id` (position in `tasks.TASKS`)."""
 
@@ -124,7 +132,7 @@ class Examples:
         self.source = grain.sources.ArrayRecordDataSource(
             [os.path.join(data_cfg.dir, f) for f in pipeline.read_manifest(data_cfg.dir)["splits"][split]["files"]])
         self.spec = pipeline.example_spec(data_cfg.dir, data_cfg.max_steps, data_cfg.max_pages)
-        self.index, self.codec, self.length = index, codec, max_text_tokens
+        self.index, self.codec, self.length, self.max_chunks = index, codec, max_text_tokens, data_cfg.max_chunks
 
     def _row(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         out = np.full(self.length, self.codec.pad_id, np.int32)
@@ -140,12 +148,18 @@ class Examples:
         record, j = (int(x) for x in self.index[position])
         doc = decode_record(self.source[record], _RECORD_FIELDS)
         doc["record_index"] = record
-        ex = self.spec.example(self.spec.chunks(doc)[0], None)
+        chunks = self.spec.chunks(doc)
+        exs = [self.spec.example(c, None) for c in chunks]
+        exs += [self.spec.empty()] * (self.max_chunks - len(exs))
         p = json.loads(doc["tasks_json"])[j]
+        named = _PAGE.search(p["prompt"])
+        pages = [ex["window_rows"][:, 0] for ex in exs]
+        focus = next(k for k, pg in enumerate(pages) if int(named.group(1)) - 1 in pg) if named else len(chunks) - 1
         ids, n_prompt = self.codec.pair(p["prompt"], p["answer"])
         input_ids, text_mask = self._row(ids)
         prompt_ids, prompt_mask = self._row(ids[:n_prompt])
-        return {**{k: ex[k] for k in ENCODER_FIELDS}, "input_ids": input_ids, "text_mask": text_mask,
+        return {**{k: np.stack([ex[k] for ex in exs]) for k in _CHUNK_FIELDS}, "doc_page": np.stack(pages),
+                "focus": np.int32(focus), "input_ids": input_ids, "text_mask": text_mask,
                 "loss_mask": text_mask & (np.arange(self.length) >= n_prompt), "prompt_ids": prompt_ids,
                 "prompt_mask": prompt_mask, "task_id": np.int32(tasks.TASKS.index(p["task"]))}
 

@@ -30,34 +30,49 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 class Projector(nnx.Module):
     """LayerNorm -> MLP from the encoder's width to the LM's, plus an embedding of the page each
-    token comes from (slot `max_pages`: the memory, which holds the whole document). Prompts name
+    token comes from (slot `pages`: the memory, which holds the whole document). Prompts name
     pages ("Read page 2."); the TTM's tokens know where on its page a window lies, not which page."""
 
-    def __init__(self, dim: int, hidden: int, out: int, max_pages: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, hidden: int, out: int, pages: int, *, rngs: nnx.Rngs):
         self.norm = layers.layer_norm(dim, rngs=rngs)
         self.mlp = layers.Mlp(dim, hidden, out, rngs=rngs)
-        self.page = layers.param(nnx.initializers.normal(0.02), (max_pages + 1, out), (None, "embed"), rngs)
+        self.page = layers.param(nnx.initializers.normal(0.02), (pages + 1, out), (None, "embed"), rngs)
 
     def __call__(self, x: jax.Array, page: jax.Array) -> jax.Array:
         return self.mlp(self.norm(layers.at_least_f32(x))) + jnp.take(self.page[...], page, axis=0)
 
 
-def visual_tokens(encoder: DocJEPA, batch: dict[str, jax.Array], *, max_pages: int, memory: bool
+def visual_tokens(encoder: DocJEPA, batch: dict[str, jax.Array], *, max_pages: int, pages: int, memory: bool
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The frozen encoder's tokens of each row's document [B, V, C] (gradient stopped), which are
-    real [B, V] and the page of each [B, V] (`max_pages` for memory tokens): r per real window
-    (padding windows masked), then the m memory tokens."""
-    out = encoder(batch["patches"], batch["step_mask"], batch["page_ids"], batch["window_box"],
-                  max_pages=max_pages, ttm_tokens=True)
-    steps = layers.at_least_f32(out["tokens"])
-    b, s, r, c = steps.shape
-    x, mask = steps.reshape(b, s * r, c), jnp.repeat(batch["step_mask"], r, axis=1)
-    page = jnp.repeat(jnp.clip(batch["page_ids"], 0, max_pages - 1), r, axis=1)
+    real [B, V] and the page of each [B, V] (`pages`, the most a document has, for the memory
+    tokens; `max_pages` is per chunk).
+
+    The encoder reads the document's K chunks ([B, K, S, ...]) in order with its memory carried
+    from chunk to chunk, as stage 1 streams a document (a padding chunk leaves it as it is). V is
+    r tokens per window of the `focus` chunk (padding windows masked), then the m memory tokens
+    after the last chunk: what the encoder holds of the whole document."""
+    graphdef, params = nnx.split(encoder)
+
+    def read(carry: jax.Array, chunk: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        patches, step_mask, page_ids, boxes = chunk
+        out = nnx.merge(graphdef, params)(patches, step_mask, page_ids, boxes, max_pages=max_pages, memory=carry,
+                                          ttm_tokens=True)
+        return out["memory"], layers.at_least_f32(out["tokens"])
+
+    b = batch["step_mask"].shape[0]
+    chunks = tuple(jnp.moveaxis(batch[k], 1, 0) for k in ("patches", "step_mask", "page_ids", "window_box"))
+    last, tokens = jax.lax.scan(read, encoder.initial_memory(b), chunks)       # [B, m, C], [K, B, S, r, C]
+    rows = jnp.arange(b)
+    steps, step_mask = tokens[batch["focus"], rows], batch["step_mask"][rows, batch["focus"]]
+    _, s, r, c = steps.shape
+    x, mask = steps.reshape(b, s * r, c), jnp.repeat(step_mask, r, axis=1)
+    page = jnp.repeat(jnp.clip(batch["doc_page"][rows, batch["focus"]], 0, pages - 1), r, axis=1)
     if memory:
-        m = out["memory"].shape[1]
-        x = jnp.concatenate([x, out["memory"].astype(x.dtype)], axis=1)
+        m = last.shape[1]
+        x = jnp.concatenate([x, last.astype(x.dtype)], axis=1)
         mask = jnp.concatenate([mask, jnp.ones((b, m), bool)], axis=1)
-        page = jnp.concatenate([page, jnp.full((b, m), max_pages, page.dtype)], axis=1)
+        page = jnp.concatenate([page, jnp.full((b, m), pages, page.dtype)], axis=1)
     return jax.lax.stop_gradient(x), mask, page
 
 
