@@ -31,6 +31,8 @@ CONFIGS = [
     ("configs/hiera_b_ttm.py", None), ("configs/hiera_b_ttm.py", "gpu1"), ("configs/hiera_b_ttm.py", "smoke"),
     ("configs/hiera_l_ttm.py", None), ("configs/hiera_l_ttm.py", "gpu1"), ("configs/hiera_l_ttm.py", "smoke"),
 ]
+# Stage 2's configs (python -m docjepa.finetune), checked by its own validation.
+STAGE2 = [("configs/stage2_demo.py", None), ("configs/stage2_demo.py", "quick")]
 NOT_LAUNCHABLE = {"__init__.py", "common.py", "scaling.py"}
 # Text widths of the targets each production config is meant for (roberta-base / roberta-large).
 PRODUCTION = {"configs/hiera_b_ttm.py": ("hiera_base_224", 768), "configs/hiera_l_ttm.py": ("hiera_large_224", 1024)}
@@ -46,7 +48,7 @@ def load(path: str, arg: str | None):
 
 def test_every_config_file_is_covered():
     files = {p.name for p in (ROOT / "configs").glob("*.py")} - NOT_LAUNCHABLE
-    assert files == {Path(p).name for p, _ in CONFIGS}
+    assert files == {Path(p).name for p, _ in CONFIGS + STAGE2}
 
 
 @pytest.mark.parametrize("path,arg", CONFIGS)
@@ -55,6 +57,13 @@ def test_config_loads_and_validates(path, arg):
     for section in ("prepare", "train", "eval"):
         validate.check(cfg, section)
     assert cfg.data.batch_size % cfg.optim.grad_accum == 0
+
+
+@pytest.mark.parametrize("path,arg", STAGE2)
+def test_stage2_config_loads_and_validates(path, arg):
+    from docjepa import finetune
+
+    finetune.check(load(path, arg))
 
 
 def test_bench_loader_gives_the_same_configs():
