@@ -67,8 +67,14 @@ def base() -> mlc.ConfigDict:
     c.model.ttm.num_layers = 2
     c.model.ttm.num_heads = 4
     c.model.ttm.dim = 0                  # 0 = Hiera's output width
+    # False: the TTM reads Hiera's tokens without back-propagating into them (Hiera then learns from
+    # the window summary's skip around the TTM only; docs/evaluation.md).
+    c.model.ttm.encoder_grad = True
     c.model.ttm.use_memory = True        # False: the no-memory ablation (mean over patch tokens)
     c.model.layout_stage = 1             # Hiera stage read by the layout head (loss.layout_weight > 0)
+    # Hiera's output tokens of a window -> one vector: "flatten" (each token normalised, all of them
+    # in raster order through one linear map: keeps where the ink lies) or "mean" (models/docjepa.py).
+    c.model.pool = "mean"
     c.model.window_position = True       # add an embedding of each window's box on its page
     c.model.center_features = True       # centre window/document features before the heads
     c.model.center_momentum = 0.9        # running mean used at evaluation (EMA per step)

@@ -96,6 +96,7 @@ RULES: dict[str, Rule] = {
     "model.embed_dim": (_nonneg_int, "must be a non-negative integer (0 = the text encoder's width)"),
     "model.dtype": (_one_of("float32", "bfloat16"), "must be 'float32' or 'bfloat16'"),
     "model.pixels": (_one_of("imagenet", "ink"), "must be 'imagenet' or 'ink'"),
+    "model.pool": (_one_of("mean", "flatten"), "must be 'mean' or 'flatten'"),
     "loss.window_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.page_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.doc_weight": (_nonneg_float, "must be a finite number >= 0"),

@@ -157,6 +157,36 @@ class BoxEmbedding(nnx.Module):
         return self.proj(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1))
 
 
+class WindowPool(nnx.Module):
+    """Hiera's output tokens of a window [..., N, C] -> one vector [..., dim]: what the window
+    shows, the input of the no-memory ablation's heads and the skip around the TTM.
+
+    "mean" averages the tokens, which keeps what the window holds but not where: document
+    windows differ mostly in where their ink lies, and Hiera's tokens carry position only
+    through what they learn to mix in. "flatten" LayerNorms each token and maps all of them, in
+    their raster order, through one linear layer, so where each feature lies reaches the heads
+    from the first step (a linear map of window thumbnails learns this in a few dozen steps; mean
+    pooling hides it from Hiera trained from scratch: docs/evaluation.md).
+    """
+
+    def __init__(self, kind: str, width: int, tokens: int, dim: int, *, rngs: nnx.Rngs, dtype: jnp.dtype | None = None):
+        if kind not in ("mean", "flatten"):
+            raise ValueError(f"model.pool: {kind!r} is not one of ['flatten', 'mean']")
+        self.kind = kind
+        if kind == "flatten":
+            self.norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
+            self.proj = layers.dense(tokens * width, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+        else:
+            self.proj = layers.dense(width, dim, ("embed", "embed"), rngs=rngs, dtype=dtype) if dim != width else None
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        if self.kind == "mean":
+            x = tokens.mean(axis=-2)
+            return x if self.proj is None else self.proj(x)
+        x = self.norm(tokens)
+        return self.proj(x.reshape(*x.shape[:-2], -1))
+
+
 def token_spread(features: jax.Array, step_mask: jax.Array) -> jax.Array:
     """How much Hiera's window features ([B, S, C], each window's mean output token) differ between
     windows: the RMS over channels of the
@@ -220,6 +250,8 @@ class DocJEPA(nnx.Module):
         width = self.encoder.out_dim
         dim = cfg.ttm.dim or width
         self.in_proj = layers.dense(width, dim, ("embed", "embed"), rngs=rngs, dtype=dtype) if dim != width else None
+        self.pool = WindowPool(cfg.get("pool", "mean"), width, self.encoder.config.out_tokens, dim, rngs=rngs,
+                               dtype=dtype)
         self.box_embed = BoxEmbedding(dim, rngs=rngs, dtype=dtype) if cfg.window_position else None
         center = cfg.center_features
         self.step_center = FeatureCentering(dim) if center else None
@@ -258,6 +290,7 @@ class DocJEPA(nnx.Module):
         self.dtype = dtype
         self.pixels = cfg.get("pixels", "imagenet")
         self.variance_term = loss_cfg.get("variance_weight", 0.0) > 0
+        self.ttm_encoder_grad = cfg.ttm.get("encoder_grad", True)
 
     def _pixels(self, patches: jax.Array) -> jax.Array:
         """uint8 [..., H, W, 3] -> normalised [n, H, W, 3] in the compute dtype."""
@@ -349,16 +382,23 @@ class DocJEPA(nnx.Module):
         tokens = sharding.constrain(tokens, ("act_batch", None, "act_length", "act_embed"))
         window_features = layers.at_least_f32(tokens).mean(axis=2)  # [B, S, C]: health, the variance term
         health = {"encoder_spread": token_spread(window_features, step_mask)} if train else {}
+        summary = self.pool(tokens)  # [B, S, C]: what each window shows
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
         if self.box_embed is not None:
-            tokens = tokens + self.box_embed(boxes)[:, :, None, :].astype(tokens.dtype)
+            where = self.box_embed(boxes).astype(tokens.dtype)
+            tokens, summary = tokens + where[:, :, None, :], summary + where
         if self.ttm is not None:
-            outputs, memory, *states = self.ttm(tokens, step_mask, memory, reset, trace=trace)  # [B, S, r, C], [B, m, C]
-            steps = outputs.mean(axis=2)
+            # The window's summary is one more token the TTM reads and writes, and a skip around
+            # it: a step's output is what the window shows plus what the memory adds to it.
+            inputs = jnp.concatenate([summary[:, :, None, :], tokens], axis=2)
+            if not self.ttm_encoder_grad:  # Hiera learns from the skip only (docs/evaluation.md)
+                inputs = jax.lax.stop_gradient(inputs)
+            outputs, memory, *states = self.ttm(inputs, step_mask, memory, reset, trace=trace)  # [B, S, r, C], [B, m, C]
+            steps = outputs.mean(axis=2) + summary
             doc = memory.mean(axis=1)
-        else:  # no-memory ablation: each step is the mean of its own patch tokens
-            steps = tokens.mean(axis=2)
+        else:  # no-memory ablation: each step is its window's summary
+            steps = summary
             doc = masked_mean(steps, step_mask, axis=1)
             if trace:  # the mean of the chunk's steps so far
                 w = step_mask.astype(steps.dtype)[..., None]

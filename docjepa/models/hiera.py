@@ -103,6 +103,11 @@ class HieraConfig:
         """Token grid after the patch embedding, e.g. (56, 56) at 224x224."""
         return tuple(i // s for i, s in zip(self.input_size, self.patch_stride))
 
+    @property
+    def out_tokens(self) -> int:
+        """Tokens of the last stage (49 at 224x224): each stage transition q-pools by q_stride."""
+        return math.prod(self.tokens_shape) // math.prod(self.q_stride) ** (len(self.stages) - 1)
+
 
 SIZES: dict[str, HieraConfig] = {
     # Meta's image models (facebookresearch/hiera, hiera.py); parameter counts in docs/hiera.md.
