@@ -167,7 +167,8 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     """Forward FLOPs of `batch` examples of `steps` windows, per component, plus "total".
 
     Components: Hiera's (`hiera_flops`, on the `encoded_windows` and the spatial pretexts'
-    `loss.pretext_windows` views per pretext), "pretext_heads", "in_proj", "box_embed", the TTM's
+    `loss.pretext_windows` views per pretext), "pretext_heads", "in_proj", "pool" (`model.pool`'s map),
+    "box_embed", the TTM's
     (`ttm_step_flops`, B rows x S steps), "pages" (mean over each page's steps), "heads"
     (window, page, document projections), "layout_head" (with the layout term; its focal loss is
     elementwise), the BYOL term's `byol_flops` and "loss/<term>" for each SigLIP term with a non-zero
@@ -184,10 +185,12 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     dim = model.window_head.proj.kernel.shape[0]
     if model.in_proj is not None:
         out["in_proj"] = _linear(patches * tokens, model.in_proj)
+    if model.pool.proj is not None:
+        out["pool"] = _linear(patches, model.pool.proj)
     if model.box_embed is not None:
         out["box_embed"] = _linear(patches, model.box_embed.proj)
-    if model.ttm is not None:
-        out.update({k: patches * v for k, v in ttm_step_flops(model.ttm, tokens).items()})
+    if model.ttm is not None:  # the TTM reads each window's tokens and its summary
+        out.update({k: patches * v for k, v in ttm_step_flops(model.ttm, tokens + 1).items()})
     out["pages"] = 2.0 * patches * pages * dim
     out["heads"] = (_linear(patches, model.window_head.proj) + _linear(batch * pages, model.page_head.proj)
                     + _linear(batch, model.doc_head.proj))

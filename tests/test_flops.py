@@ -81,11 +81,13 @@ def test_scan_counts_one_step():
     assert xla < steps * step / 4
 
 
-def test_model_forward_matches_cost_analysis():
+@pytest.mark.parametrize("pool", ["mean", "flatten"])
+def test_model_forward_matches_cost_analysis(pool):
     """The whole forward and loss at one step per chunk (XLA inlines a one-step scan): Hiera,
-    box embedding, TTM, page pooling, heads, the spatial pretexts' views and heads, and the
-    SigLIP logits of every term."""
+    the window summary (`model.pool`), box embedding, TTM, page pooling, heads, the spatial
+    pretexts' views and heads, and the SigLIP logits of every term."""
     cfg = _config(steps=1)
+    cfg.model.pool = pool
     cfg.loss.flip_weight, cfg.loss.sort_weight, cfg.loss.pretext_windows = 1.0, 1.0, 2
     model = flops.abstract_model(cfg, EMBED)
     graphdef, state = nnx.split(model)
@@ -102,6 +104,7 @@ def test_model_forward_matches_cost_analysis():
     analytic = flops.forward_flops(cfg, EMBED, cfg.data.batch_size, 1, model=model)
     assert {"box_embed", "ttm/read", "ttm/process", "ttm/write", "pages", "heads", "pretext_heads", "loss/window",
             "loss/page", "loss/doc"} <= set(analytic)
+    assert ("pool" in analytic) == (pool == "flatten")
     assert _agrees(xla, analytic["total"]), (xla, analytic["total"])
 
 

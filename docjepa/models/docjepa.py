@@ -179,9 +179,10 @@ class WindowPool(nnx.Module):
         else:
             self.proj = layers.dense(width, dim, ("embed", "embed"), rngs=rngs, dtype=dtype) if dim != width else None
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, mean: jax.Array) -> jax.Array:
+        """`mean`: the tokens' mean, which the caller has computed already (health, variance term)."""
         if self.kind == "mean":
-            x = tokens.mean(axis=-2)
+            x = mean.astype(tokens.dtype)
             return x if self.proj is None else self.proj(x)
         x = self.norm(tokens)
         return self.proj(x.reshape(*x.shape[:-2], -1))
@@ -382,7 +383,7 @@ class DocJEPA(nnx.Module):
         tokens = sharding.constrain(tokens, ("act_batch", None, "act_length", "act_embed"))
         window_features = layers.at_least_f32(tokens).mean(axis=2)  # [B, S, C]: health, the variance term
         health = {"encoder_spread": token_spread(window_features, step_mask)} if train else {}
-        summary = self.pool(tokens)  # [B, S, C]: what each window shows
+        summary = self.pool(tokens, window_features)  # [B, S, C]: what each window shows
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
         if self.box_embed is not None:
