@@ -70,7 +70,7 @@ def base() -> mlc.ConfigDict:
     # False: the TTM reads Hiera's tokens without back-propagating into them (Hiera then learns from
     # the window summary's skip around the TTM only; docs/evaluation.md).
     c.model.ttm.encoder_grad = True
-    c.model.ttm.use_memory = True        # False: the no-memory ablation (mean over patch tokens)
+    c.model.ttm.use_memory = True        # False: the no-memory ablation (each step is its window summary, model.pool)
     c.model.layout_stage = 1             # Hiera stage read by the layout head (loss.layout_weight > 0)
     # Hiera's output tokens of a window -> one vector: "flatten" (each token normalised, all of them
     # in raster order through one linear map: keeps where the ink lies) or "mean" (models/docjepa.py).
