@@ -120,13 +120,16 @@ def base() -> mlc.ConfigDict:
     c.loss.variance_weight = 0.0
     c.loss.variance_floor = 0.25
     c.loss.chunked = False               # ring-chunked SigLIP over the batch axes of the mesh
+    # False negatives (SegLoc): overlapping windows of one page, targets closer than
+    # max_negative_cosine to the positive. Masked in the bank terms always, in the batch terms
+    # with batch_false_negatives (neither positive nor negative: the cell is dropped).
+    c.loss.max_negative_cosine = 0.9
+    c.loss.batch_false_negatives = True
     # Text-bank negatives (data/bank.py): every distinct training target scored against each
-    # window / page embedding besides the batch; false negatives masked (same text, overlapping
-    # windows of a page, targets closer than bank_max_cosine to the positive).
+    # window / page embedding besides the batch.
     c.loss.window_bank_weight = 1.0
     c.loss.page_bank_weight = 1.0
     c.loss.bank_size = 0                 # entries scored per step; 0 = the whole bank
-    c.loss.bank_max_cosine = 0.9
     c.loss.t_prime_init = 2.302585       # log(10), SigLIP
     # SigLIP's b = -10 was chosen for batches of 32k pairs, i.e. about -log(n). bias_init_auto
     # starts each level at -log(n) for its own n (windows, pages, documents of the global batch):

@@ -40,6 +40,7 @@ from docjepa.models import byol, hiera, ttm
 BACKWARD = {"hiera/patch_embed": 1, "box_embed": 1, "pages": 1, "loss/window": 1, "loss/page": 1, "loss/doc": 1,
             "loss/window_bank": 1, "loss/page_bank": 1,
             "loss/window_bank_exclusions": 0, "loss/page_bank_exclusions": 0,
+            "loss/window_exclusions": 0, "loss/page_exclusions": 0, "loss/doc_exclusions": 0,
             # BYOL: pixels and region masks are data; the target branch takes no gradient.
             "byol/blur": 0, "byol/online/patch_embed": 1, "byol/online/pool": 1,
             "byol/target/hiera": 0, "byol/target/pool": 0, "byol/target/projector": 0}
@@ -174,8 +175,9 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
     elementwise), the BYOL term's `byol_flops` and "loss/<term>" for each SigLIP term with a non-zero
     weight: SigLIP logits of the n items of a level against the batch's n texts (n x n x
     embed_dim), and with bank terms against `bank` entries per level (an int for every level
-    or {level: entries}), plus the bank's false-negative test (`objective.bank_exclusions`),
-    a product of the same size. `model`: the abstract model of `cfg`, if already built.
+    or {level: entries}), plus the false-negative test (`losses.false_negatives`: the targets'
+    cosines, a product of the same size) of the bank terms and, with
+    `loss.batch_false_negatives`, of the batch terms. `model`: the abstract model of `cfg`, if already built.
     """
     model = model if model is not None else abstract_model(cfg, embed_dim)
     pages, patches = cfg.data.max_pages, batch * steps
@@ -210,6 +212,8 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
             out[name] = out[f"{name}_exclusions"] = 2.0 * items[level] * k * embed_dim
         else:
             out[name] = 2.0 * items[level] ** 2 * embed_dim
+            if cfg.loss.batch_false_negatives:  # the targets' cosines of `losses.false_negatives`
+                out[f"{name}_exclusions"] = out[name]
     out["total"] = sum(out.values())
     return out
 

@@ -24,15 +24,20 @@ from docjepa import losses
 from docjepa.models.docjepa import l2_normalize, masked_mean
 
 
-def _siglip(z: jax.Array, t: jax.Array, ids: jax.Array, mask: jax.Array, scale: losses.SigLIPTemperature,
-            chunked: bool, mesh: Mesh | None) -> jax.Array:
+def _siglip(level: str, z: jax.Array, batch: dict[str, jax.Array], mask: jax.Array,
+            scale: losses.SigLIPTemperature, cfg: mlc.ConfigDict, mesh: Mesh | None) -> jax.Array:
+    """In-batch SigLIP of one level. With `loss.batch_false_negatives`, what the bank term masks
+    is masked in the batch too (overlapping windows of one page, near-duplicate targets)."""
     z = z.reshape(-1, z.shape[-1])
-    t = l2_normalize(t.reshape(-1, t.shape[-1]))
-    ids, mask = ids.reshape(-1), mask.reshape(-1)
+    t = l2_normalize(batch[f"{level}_emb"].reshape(-1, z.shape[-1]))
+    items = _level_items(level, batch)
+    ids, mask = items.pop("text_id"), mask.reshape(-1)
+    max_cosine = cfg.max_negative_cosine if cfg.batch_false_negatives else None
     t_prime, b = scale.t_prime[...], scale.b[...]
-    if chunked:
-        return losses.chunked_sigmoid_loss(z, t, t_prime, b, mesh=mesh, text_ids=ids, mask=mask)
-    return losses.sigmoid_loss(z, t, t_prime, b, labels=losses.labels_from_ids(ids, ids), mask=mask)
+    kw = dict(text_ids=ids, mask=mask, items=items, max_cosine=max_cosine)
+    if cfg.chunked:
+        return losses.chunked_sigmoid_loss(z, t, t_prime, b, mesh=mesh, **kw)
+    return losses.sigmoid_loss(z, t, t_prime, b, **kw)
 
 
 def bias_inits(loss_cfg: mlc.ConfigDict, data_cfg: mlc.ConfigDict,
@@ -57,8 +62,7 @@ EMBEDDINGS = ("window", "page", "doc", "layout", "encoder_features", "pretext/fl
 
 
 def _window(model, out, batch, cfg, mesh, bank):
-    return _siglip(out["window"], batch["window_emb"], batch["window_text_id"], batch["window_mask"],
-                   model.window_scale, cfg.chunked, mesh)
+    return _siglip("window", out["window"], batch, batch["window_mask"], model.window_scale, cfg, mesh)
 
 
 def _page_mask(out, batch):
@@ -66,13 +70,11 @@ def _page_mask(out, batch):
 
 
 def _page(model, out, batch, cfg, mesh, bank):
-    return _siglip(out["page"], batch["page_emb"], batch["page_text_id"], _page_mask(out, batch),
-                   model.page_scale, cfg.chunked, mesh)
+    return _siglip("page", out["page"], batch, _page_mask(out, batch), model.page_scale, cfg, mesh)
 
 
 def _doc(model, out, batch, cfg, mesh, bank):
-    return _siglip(out["doc"], batch["doc_emb"], jnp.full(batch["doc_mask"].shape, -1, jnp.int32),
-                   batch["doc_mask"], model.doc_scale, cfg.chunked, mesh)
+    return _siglip("doc", out["doc"], batch, batch["doc_mask"], model.doc_scale, cfg, mesh)
 
 
 def _layout(model, out, batch, cfg, mesh, bank):
@@ -112,8 +114,11 @@ def _byol(model, out, batch, cfg, mesh, bank):
     return losses.byol_loss(p[:, 0], z[:, 1], w) + losses.byol_loss(p[:, 1], z[:, 0], w)
 
 
-def _bank_rows(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The batch's items of `level`, flattened: text id, document, page, window box (px)."""
+def _level_items(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The batch's items of `level`, flattened: text id, and for windows and pages their document,
+    page and (windows) box in px: what tells a false negative (`losses.false_negatives`)."""
+    if level == "doc":
+        return {"text_id": jnp.full(batch["doc_mask"].reshape(-1).shape, -1, jnp.int32)}
     if level == "window":
         rows = batch["window_rows"]
         doc = jnp.broadcast_to(batch["record_index"][:, None], rows.shape[:2])
@@ -125,20 +130,12 @@ def _bank_rows(level: str, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def bank_exclusions(rows: dict[str, jax.Array], targets: jax.Array, bank: dict[str, jax.Array],
                     max_cosine: float) -> jax.Array:
-    """[n, K] True where bank entry k is no true negative of row i (SegLoc's warning about false
-    negatives): the same text; the same page of the same document where windows overlap (pages:
-    the same page); a target closer than `max_cosine` to the row's positive; an entry whose
-    text is in the batch (scored there already); padding."""
+    """[n, K] True where bank entry k is no true negative of row i: `losses.false_negatives`
+    (the same text, overlapping windows of one page, a near-duplicate target), an entry whose
+    text is in the batch (scored there already), padding."""
+    same = losses.false_negatives({**rows, "emb": l2_normalize(targets)}, bank, max_cosine)
     same_text = (rows["text_id"][:, None] == bank["text_id"][None, :]) & (rows["text_id"][:, None] >= 0)
-    same_page = (rows["doc"][:, None] == bank["doc"][None, :]) & (rows["page"][:, None] == bank["page"][None, :])
-    if "box" in rows:
-        a, c = rows["box"][:, None, :], bank["box"][None, :, :]
-        overlap = (jnp.maximum(a[..., 0], c[..., 0]) < jnp.minimum(a[..., 2], c[..., 2])) & (
-            jnp.maximum(a[..., 1], c[..., 1]) < jnp.minimum(a[..., 3], c[..., 3]))
-        same_page = same_page & overlap
-    near = l2_normalize(targets) @ bank["emb"].T > max_cosine
-    in_batch = same_text.any(axis=0, keepdims=True)
-    return same_text | same_page | near | in_batch | ~bank["valid"][None, :]
+    return same | same_text.any(axis=0, keepdims=True) | ~bank["valid"][None, :]
 
 
 def _bank_term(level: str, out_key: str, scale: str, mask_fn):
@@ -147,10 +144,10 @@ def _bank_term(level: str, out_key: str, scale: str, mask_fn):
             raise ValueError(f"loss.{level}_bank_weight > 0 needs the text bank (data/bank.py) passed to the step")
         z = out[out_key].reshape(-1, out[out_key].shape[-1])
         t = batch[f"{level}_emb"].reshape(-1, z.shape[-1])
-        rows = _bank_rows(level, batch)
+        rows = _level_items(level, batch)
         if mesh is not None:  # rows replicated (n x d, small); the bank stays sharded along K
             z, t, rows = jax.lax.with_sharding_constraint((z, t, rows), NamedSharding(mesh, P()))
-        exclude = bank_exclusions(rows, t, bank[level], cfg.bank_max_cosine)
+        exclude = bank_exclusions(rows, t, bank[level], cfg.max_negative_cosine)
         sc = getattr(model, scale)
         return losses.bank_negative_loss(z, bank[level]["emb"], sc.t_prime[...], sc.b[...],
                                          row_valid=mask_fn(out, batch).reshape(-1), exclude=exclude)

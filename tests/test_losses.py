@@ -43,6 +43,30 @@ def test_multi_positive_loss_flips_sign_of_duplicate_pair():
     np.testing.assert_allclose(losses.sigmoid_loss(zimg, ztxt, math.log(2.0), -1.0, labels), expected, rtol=1e-6)
 
 
+def test_false_negatives_take_no_part():
+    """Overlapping windows of one page and near-duplicate targets are dropped cells, neither
+    positive nor negative; a window of the same page that does not overlap, and one of another
+    page, stay negatives."""
+    zimg = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.8, 0.0]])
+    ztxt = jnp.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0], [0.0, 0.6, 0.8]])
+    items = {"doc": jnp.array([0, 0, 0, 1]), "page": jnp.array([0, 0, 0, 0]),
+             "box": jnp.array([[0, 0, 224, 224], [112, 0, 336, 224], [224, 0, 448, 224], [0, 0, 224, 224]])}
+    # Windows 0-1 and 1-2 overlap on page 0 of doc 0; 0-2 only touch; doc 1 is another page.
+    # Targets 0-1 and 2-3 are at cosine 0.8 (not near at 0.9), 1-3 at 0.36.
+    got = losses.sigmoid_loss(zimg, ztxt, 0.0, 0.0, text_ids=jnp.full(4, -1), items=items, max_cosine=0.9)
+    logits = np.asarray(zimg / jnp.linalg.norm(zimg, axis=1, keepdims=True)) @ np.asarray(ztxt).T
+    keep = ~np.array([[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
+    z = np.where(np.eye(4, dtype=bool), 1.0, -1.0)
+    expected = -np.sum(np.where(keep, [[_log_sigmoid(v) for v in row] for row in z * logits], 0.0)) / 4
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # Near-duplicate targets (cosine 0.8 > 0.7: 0-1, 2-3) drop their cells without any page overlap.
+    far = {**items, "doc": jnp.arange(4)}
+    near = losses.sigmoid_loss(zimg, ztxt, 0.0, 0.0, text_ids=jnp.full(4, -1), items=far, max_cosine=0.7)
+    keep = ~np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], bool)
+    expected = -np.sum(np.where(keep, [[_log_sigmoid(v) for v in row] for row in z * logits], 0.0)) / 4
+    np.testing.assert_allclose(near, expected, rtol=1e-6)
+
+
 def _data(n: int = 16, d: int = 8, seed: int = 0):
     k1, k2 = jax.random.split(jax.random.key(seed))
     zimg = jax.random.normal(k1, (n, d))
@@ -64,15 +88,27 @@ def test_mask_equals_dropping_rows_and_columns():
     assert float(losses.sigmoid_loss(zimg, ztxt, 1.3, -2.0, mask=jnp.zeros(16, bool))) == 0.0
 
 
-def _reference(zimg, ztxt, t_prime, b, ids, mask):
-    return losses.sigmoid_loss(zimg, ztxt, t_prime, b, losses.labels_from_ids(ids, ids), mask)
+def _reference(zimg, ztxt, t_prime, b, ids, mask, items=None, max_cosine=None):
+    if max_cosine is None:
+        return losses.sigmoid_loss(zimg, ztxt, t_prime, b, losses.labels_from_ids(ids, ids), mask)
+    return losses.sigmoid_loss(zimg, ztxt, t_prime, b, mask=mask, text_ids=ids, items=items, max_cosine=max_cosine)
+
+
+def _items(n: int = 16):
+    """Windows of 4 documents x 2 pages on a 2 x 2 grid at stride 112 (all overlap on a page),
+    so every device split sees false negatives across devices."""
+    i = np.arange(n)
+    col, row = (i % 2) * 112, ((i // 2) % 2) * 112
+    return {"doc": jnp.asarray(i % 4), "page": jnp.asarray((i // 4) % 2),
+            "box": jnp.asarray(np.stack([col, row, col + 224, row + 224], 1))}
 
 
 @pytest.mark.parametrize("fn", [losses.chunked_sigmoid_loss, losses.gathered_sigmoid_loss], ids=["ring", "gather"])
 @pytest.mark.parametrize("axes", [[("data", 2), ("fsdp", 2), ("tensor", 2)], [("data", 8), ("fsdp", 1), ("tensor", 1)]],
                          ids=["2x2x2", "8x1x1"])
 @pytest.mark.parametrize("use_mask", [False, True], ids=["nomask", "mask"])
-def test_sharded_loss_and_grads_match_reference(fn, axes, use_mask):
+@pytest.mark.parametrize("max_cosine", [None, 0.3], ids=["all_negatives", "false_negatives"])
+def test_sharded_loss_and_grads_match_reference(fn, axes, use_mask, max_cosine):
     """Sharded == one-device loss and gradients, in float64 (`jax.enable_x64`): the ring or the
     all-gather only reorders the sums, ~1e-16 relative each, while a lost block or a missing
     psum changes the loss by a whole block's share (>= 1/8 here). 1e-10 holds on any CPU."""
@@ -85,17 +121,23 @@ def test_sharded_loss_and_grads_match_reference(fn, axes, use_mask):
         put = lambda x: None if x is None else jax.device_put(x, batch)  # noqa: E731
         args = (put(zimg), put(ztxt), jnp.float64(1.3), jnp.float64(-2.0))
 
+        items = None if max_cosine is None else _items()
         sharded = jax.jit(jax.value_and_grad(
-            lambda zi, zt, tp, b: fn(zi, zt, tp, b, mesh=mesh, text_ids=put(ids), mask=put(mask)),
+            lambda zi, zt, tp, b: fn(zi, zt, tp, b, mesh=mesh, text_ids=put(ids), mask=put(mask),
+                                     items=None if items is None else jax.tree.map(put, items),
+                                     max_cosine=max_cosine),
             argnums=(0, 1, 2, 3)))
         reference = jax.jit(jax.value_and_grad(
-            lambda zi, zt, tp, b: _reference(zi, zt, tp, b, ids, mask), argnums=(0, 1, 2, 3)))
+            lambda zi, zt, tp, b: _reference(zi, zt, tp, b, ids, mask, items, max_cosine), argnums=(0, 1, 2, 3)))
         (got, got_grads), (want, want_grads) = sharded(*args), reference(zimg, ztxt, args[2], args[3])
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-10)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
     assert np.abs(np.asarray(got_grads[1])).max() > 0  # gradients reach the passed-around texts
+    if max_cosine is not None:  # the items drop cells: a ring that ignored them would differ
+        with jax.enable_x64(True):
+            assert abs(float(_reference(zimg, ztxt, args[2], args[3], ids, mask)) - float(got)) > 1e-3
 
 
 def test_ring_never_materialises_global_logits():
