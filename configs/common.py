@@ -48,6 +48,9 @@ def base() -> mlc.ConfigDict:
     c.data.window_capacity = 1.0         # fraction of a step's window slots Hiera encodes (padding skipped)
     c.data.worker_count = 0              # threads that build a batch's examples (decode, cut, augment)
     c.data.augment = True
+    # Each stream begins its first document at a random window, so that a batch's rows are at
+    # different places on their pages (DocStreams; docs/evaluation.md).
+    c.data.stagger = True
     c.data.shuffle_buffer = 0            # 0 = global index shuffle (grain MapDataset)
     c.data.layout_grid = 0               # pseudo-layout cells per window side (loss.layout_weight > 0)
     c.data.center_targets = True         # remove the training targets' mean (manifest; data/bank.py)

@@ -335,3 +335,38 @@ def test_bad_config_and_dirs(corpus, tmp_path):
         pipeline.read_manifest(str(tmp_path))
     with pytest.raises(pipeline.DataError, match="no split 'val'"):
         list(pipeline.eval_batches(corpus, "val", batch_size=1, max_steps=4, max_pages=1, min_words=0, center=False))
+
+
+def test_stagger_starts_rows_inside_their_first_document(corpus):
+    """With `stagger`, a fresh iterator's rows read the same documents but begin the first one at
+    a window of its own (that document has no target: the memory missed its start); every later
+    document is read from its first window; a resumed iterator goes on identically."""
+    make = lambda **kw: pipeline.make_train_iterator(_cfg(corpus, augment=False, **kw), seed=5,  # noqa: E731
+                                                     local_batch_size=4, process_index=0, process_count=1)
+    plain, staggered = _take(make(), 1)[0], make(stagger=True)
+    batches = _take(staggered, 10)
+    np.testing.assert_array_equal(batches[0]["record_index"], plain["record_index"])
+    first = batches[0]["window_rows"][:, 0]
+    assert (first != plain["window_rows"][:, 0]).any(axis=1).sum() >= 2  # rows begin at other windows
+    seen = set()
+    for b in batches:
+        for row in range(4):
+            if not b["reset"][row]:
+                continue
+            if row in seen:  # a later document: from its first window (page 0, top left)
+                np.testing.assert_array_equal(b["window_rows"][row, 0, :3], [0, 0, 0])
+            seen.add(row)
+    # A staggered first document that begins past its first window never gets a document target.
+    late = [r for r in range(4) if (first[r] != plain["window_rows"][r, 0]).any()]
+    for r in late:
+        for i, b in enumerate(batches):
+            if i and b["reset"][r]:
+                break
+            assert not b["doc_mask"][r]
+    it = make(stagger=True)
+    _take(it, 1)
+    state = it.get_state()
+    expected = _take(it, 4)
+    fresh = make(stagger=True)
+    fresh.set_state(state)
+    assert all(_same(x, y) for x, y in zip(expected, _take(fresh, 4)))

@@ -185,11 +185,13 @@ class _Spec:
             return np.zeros(self.dim, np.float32), False
         return bank.normalize(emb[valid]).mean(axis=0).astype(np.float32), True
 
-    def chunks(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
-        """One light element per chunk: window range plus the PNGs of its pages."""
+    def chunks(self, doc: dict[str, Any], start: int = 0) -> list[dict[str, Any]]:
+        """One light element per chunk: window range plus the PNGs of its pages. With `start`,
+        the document is read from its window `start` on (a staggered stream's first document,
+        `DocStreams`): its memory misses the beginning, so it has no document target."""
         windows = doc["windows"]
-        plan = plan_chunks(windows[:, 0], self.max_steps, self.max_pages)
-        target = self.doc_target(doc)
+        plan = [(a + start, b + start) for a, b in plan_chunks(windows[start:, 0], self.max_steps, self.max_pages)]
+        target = self.doc_target(doc) if start == 0 else (np.zeros(self.dim, np.float32), False)
         out = []
         for k, (s, e) in enumerate(plan):
             first, last = int(windows[s, 0]), int(windows[e - 1, 0])
@@ -291,6 +293,10 @@ class DocStreams(grain.DatasetIterator):
     Each row emits its document's next chunk; when the document is done it takes the next
     unread document (`reset` set on that example). A row with nothing left to read emits
     padding (`example_mask` False); iteration stops when every row is padding. With a
+    `stagger`, each row of a fresh iterator begins its first document at a random window: rows
+    that start together otherwise stay in step page after page (most pages have the same number
+    of windows), and a batch of one-window chunks holds one place on the page 80% of the time
+    on the demo corpus (docs/evaluation.md). With a
     `budget`, a group's chunks are taken in a turn that rotates every step while they fit in
     its windows; a row whose chunk does not fit waits a step (padding with `reset` False, so its
     memory carries through unchanged). With `limit`, no document starts once that many chunks
@@ -306,7 +312,7 @@ class DocStreams(grain.DatasetIterator):
 
     def __init__(self, split: Callable[[int, int], grain.MapDataset], rows: int, spec: _Spec, *, augment: bool,
                  shard: int = 0, shards: int = 1, threads: int = 0, limit: int | None = None,
-                 with_ocr: bool = False, budget: Budget | None = None):
+                 with_ocr: bool = False, budget: Budget | None = None, stagger: bool = False):
         super().__init__()
         self._pool = None  # set before anything can raise: grain's __del__ calls close()
         if budget is not None and (rows % budget.rows or budget.windows < spec.max_steps):
@@ -316,7 +322,9 @@ class DocStreams(grain.DatasetIterator):
         self._limit, self._with_ocr, self._budget = limit, with_ocr, budget
         self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads else None
         self._emitted, self._turn = 0, 0
-        self._rows: list[tuple[int, int]] = [(-1, -1)] * rows  # (document position, chunk) each row emits next
+        # (document position, chunk, first window read) each row emits next
+        self._rows: list[tuple[int, int, int]] = [(-1, -1, 0)] * rows
+        self._fresh = [stagger] * rows  # rows whose first document is still to start
         self._cache: dict[tuple[int, int], list[dict[str, Any]]] = {}
         self._shards, self._docs = 0, {}
         self._set_sources(shards, [[shard, 0, 1, rows]])
@@ -339,22 +347,27 @@ class DocStreams(grain.DatasetIterator):
     def _chunks(self, row: int) -> list[dict[str, Any]]:
         key = self._key(row)
         if key not in self._cache:
-            self._cache[key] = self._spec.chunks(self._shard(key[0])[key[1]])
+            self._cache[key] = self._spec.chunks(self._shard(key[0])[key[1]], self._rows[row][2])
         return self._cache[key]
 
     def _start(self, row: int, queued: int) -> None:
         """Give an idle row the next unread document of its source that has windows."""
         src = self._source_of[row]
         while src[1] < len(self._shard(src[0])) and (self._limit is None or self._emitted + queued < self._limit):
-            self._rows[row], src[1] = (src[1], 0), src[1] + src[2]
+            start = 0
+            if self._fresh[row]:  # a window drawn from the document's own augmentation seed
+                doc = self._shard(src[0])[src[1]]
+                start = int(np.random.default_rng([doc["aug_seed"], row]).integers(max(len(doc["windows"]), 1)))
+            self._rows[row], src[1] = (src[1], 0, start), src[1] + src[2]
             if self._chunks(row):  # a document without windows is skipped
+                self._fresh[row] = False
                 return
-        self._rows[row] = (-1, -1)
+        self._rows[row] = (-1, -1, 0)
 
     def _chosen(self) -> list[bool]:
         """Which rows emit their chunk this step: all with one, or under the budget, those that
         fit their group's windows, taken in this step's turn (the first always fits)."""
-        heads = [self._chunks(row)[k] if pos >= 0 else None for row, (pos, k) in enumerate(self._rows)]
+        heads = [self._chunks(row)[k] if pos >= 0 else None for row, (pos, k, _) in enumerate(self._rows)]
         sizes = [0 if c is None else c["end"] - c["start"] for c in heads]
         chosen = [n > 0 for n in sizes]
         if self._budget is None:
@@ -388,19 +401,19 @@ class DocStreams(grain.DatasetIterator):
             if self._rows[row][0] < 0:
                 self._start(row, queued)
             queued += self._rows[row][0] >= 0
-        if all(pos < 0 for pos, _ in self._rows):
+        if all(pos < 0 for pos, _, _ in self._rows):
             raise StopIteration
         chosen = self._chosen()
-        chunks = [self._chunks(row)[k] if go else None for row, ((_, k), go) in enumerate(zip(self._rows, chosen))]
-        waits = [pos >= 0 and not go for (pos, _), go in zip(self._rows, chosen)]
+        chunks = [self._chunks(row)[k] if go else None for row, ((_, k, _), go) in enumerate(zip(self._rows, chosen))]
+        waits = [pos >= 0 and not go for (pos, _, _), go in zip(self._rows, chosen)]
         examples = list(self._pool.map(self._example, chunks, waits) if self._pool
                         else map(self._example, chunks, waits))
         for row, (ex, go) in enumerate(zip(examples, chosen)):
             ex["example_index"] = np.int32(self._emitted if go else -1)
             self._emitted += go
             if go:
-                pos, k = self._rows[row]
-                self._rows[row] = (pos, k + 1) if k + 1 < len(self._chunks(row)) else (-1, -1)
+                pos, k, start = self._rows[row]
+                self._rows[row] = (pos, k + 1, start) if k + 1 < len(self._chunks(row)) else (-1, -1, 0)
         self._turn += 1
         for key in set(self._cache) - {self._key(row) for row in range(len(self._rows))}:
             del self._cache[key]
@@ -419,7 +432,9 @@ class DocStreams(grain.DatasetIterator):
                             "last chunk emitted, not the next one: restart the data from a fresh run")
         self._emitted, self._turn = int(state["emitted"]), int(state["turn"])
         self._set_sources(int(state["shards"]), [[int(x) for x in src] for src in state["sources"]])
-        self._rows = [(int(p), int(k)) for p, k in state["rows"]]
+        # (document, chunk[, first window]): states from before staggering read from window 0.
+        self._rows = [(int(r[0]), int(r[1]), int(r[2]) if len(r) > 2 else 0) for r in state["rows"]]
+        self._fresh = [False] * len(self._rows)  # a saved iterator's rows have all begun
         self._cache.clear()
 
     def resplit(self, states: Sequence[dict[str, Any]], process_index: int, process_count: int) -> None:
@@ -547,7 +562,8 @@ def make_train_iterator(
         return ds.repeat(num_epochs).random_map(_Load(source), seed=seed)
 
     return DocStreams(split, local_batch_size, spec, augment=bool(data_cfg.augment), shard=process_index,
-                      shards=process_count, threads=data_cfg.worker_count, budget=budget)
+                      shards=process_count, threads=data_cfg.worker_count, budget=budget,
+                      stagger=bool(data_cfg.get("stagger", False)))
 
 
 def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -189,8 +189,8 @@ class WindowPool(nnx.Module):
 
 
 def token_spread(features: jax.Array, step_mask: jax.Array) -> jax.Array:
-    """How much Hiera's window features ([B, S, C], each window's mean output token) differ between
-    windows: the RMS over channels of the
+    """How much the window summaries ([B, S, C], `WindowPool`'s output: with the mean pool each
+    window's mean output token) differ between windows: the RMS over channels of the
     standard deviation, across the batch's real windows, of each window's mean token, over the
     RMS of those features. Near 0 the encoder gives every window the same vector (collapse: what
     reads it can only use the window's position); at initialisation on the demo corpus 0.048 with
@@ -381,9 +381,11 @@ class DocJEPA(nnx.Module):
         stages = tuple(sorted(set(head_stage) | ({stage} if stage is not None else set())))
         tokens, maps = self.encode_valid(patches, step_mask, stages, pack)  # [B, S, N, C]
         tokens = sharding.constrain(tokens, ("act_batch", None, "act_length", "act_embed"))
-        window_features = layers.at_least_f32(tokens).mean(axis=2)  # [B, S, C]: health, the variance term
-        health = {"encoder_spread": token_spread(window_features, step_mask)} if train else {}
+        window_features = layers.at_least_f32(tokens).mean(axis=2)  # [B, S, C]: the variance term
         summary = self.pool(tokens, window_features)  # [B, S, C]: what each window shows
+        # Health: the spread of what reads the windows sees of them (with model.pool=flatten the
+        # mean token may stay alike across windows while the flattened map differs).
+        health = {"encoder_spread": token_spread(summary, step_mask)} if train else {}
         if self.in_proj is not None:
             tokens = self.in_proj(tokens)
         if self.box_embed is not None:
