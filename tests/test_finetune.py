@@ -70,7 +70,8 @@ def one_device(synth_corpus, stage1, tmp_path_factory):
         metrics.append(jax.device_get(m))
         if opt_after_first is None:
             opt_after_first = copy(state["opt"])
-    return {"setup": setup, "workdir": workdir, "mesh": mesh, "initial": initial, "batch": batch, "metrics": metrics, "opt_after_first": opt_after_first, "state": state}
+    return {"setup": setup, "workdir": workdir, "initial": initial, "batch": batch, "metrics": metrics,
+            "opt_after_first": opt_after_first, "state": state}
 
 
 def test_frozen_encoder_learning_and_generation(one_device, stage1):
