@@ -124,7 +124,9 @@ def _step(cfg, mesh, batch, dim):
             "shardings": state_sh, "abstract": abstract}
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist may run another module's tests between the two of the group, which would
+# tear a module fixture down and compute it again.
+@pytest.fixture(scope="session")
 def one_device():
     """One step with the BYOL term on one device (float64), shared by the EMA and sharding checks."""
     cfg, dim = _byol_cfg(), 16

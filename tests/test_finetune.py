@@ -28,7 +28,7 @@ from docjepa.models import decoder
 pytestmark = pytest.mark.xdist_group("finetune")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stage1(stage1_run):
     return stage1_run
 
@@ -51,7 +51,9 @@ def first_batch(setup: finetune.Stage2) -> dict[str, np.ndarray]:
     return next(iter(data))
 
 
-@pytest.fixture(scope="module")
+# Session scope (here and for `finetuned`): xdist may run another module's tests between this
+# group's, which would tear a module fixture down and compute it again.
+@pytest.fixture(scope="session")
 def one_device(synth_corpus, stage1, tmp_path_factory):
     """The quick setup on one device and six steps of its jitted train step on its first batch
     (one compile, shared): the initial state, each step's metrics, the optimizer state after the
@@ -202,7 +204,7 @@ def finetune_cmd(corpus, stage1_dir, workdir, steps: int, *extra: str) -> list[s
             f"--config.train.steps={steps}", *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finetuned(synth_corpus, stage1, tmp_path_factory, jax_cache):
     """`python -m docjepa.finetune` for 4 steps (checkpoints at 2 and 4)."""
     workdir = tmp_path_factory.mktemp("stage2")
