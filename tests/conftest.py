@@ -39,3 +39,23 @@ def synth_corpus(tmp_path_factory):
 def jax_cache(tmp_path_factory):
     """A persistent compilation cache shared by the subprocess runs of one test worker."""
     return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="session")
+def stage1_run(synth_corpus, tmp_path_factory, jax_cache):
+    """A 2-step run of the real `python -m docjepa.train` (train_utils.FAST) on `synth_corpus`, once
+    per test run like the corpus: its config.json and checkpoint of step 2 (params, Adam moments,
+    carried memory). Readers must not write into it (copy it first)."""
+    import train_utils
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out = root / "stage1_run"
+    with open(root / "stage1_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").exists():
+            r = train_utils.run(train_utils.train_cmd(synth_corpus, out, 2), cache=jax_cache)
+            assert r.returncode == 0, r.stderr[-3000:]
+            (out / "done").write_text("")
+    return out

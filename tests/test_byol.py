@@ -97,30 +97,60 @@ def _layout_batch(cfg, dim):
     return batch
 
 
-def test_ema_target_moves_by_the_ema_only_and_restores_bitwise(tmp_path):
-    """One step with the BYOL term: the term trains the encoder and both heads; the target is
-    not in the optimizer and equals tau * old + (1 - tau) * updated online weights, exactly;
-    a checkpoint of the state (target included) restores bitwise onto its shardings."""
-    cfg, dim = _byol_cfg(), 16
-    assert set(factory.step_fields(cfg)) >= {"layout_mask"}
-    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
+def _step(cfg, mesh, batch, dim):
+    """Init on `mesh` and run one jitted step with the BYOL term, in float64 parameters (the
+    x64 checks); the state before (host) and after (on its shardings), the metrics, the state's
+    shardings and what a checkpoint restores onto. Call under `jax.enable_x64(True)`."""
     make_model = functools.partial(factory.build_model, cfg, dim, cfg.seed)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
     tx, schedule = factory.build_optimizer(cfg.optim, 10, factory.decay_mask(abstract_params))
     state_sh = factory.train_state_shardings(tx, abstract_params, mesh, cfg)
-    assert set(state_sh["target"]) == {"encoder", "projector"}
-    init = jax.jit(lambda: factory.init_train_state(make_model(), tx, cfg.data.batch_size), out_shardings=state_sh)
+
+    @functools.partial(jax.jit, out_shardings=state_sh)
+    def init():
+        model = make_model()
+        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float64), nnx.state(model, nnx.Param)))
+        return factory.init_train_state(model, tx, cfg.data.batch_size)
+
+    batch = jax.tree.map(lambda v: v.astype(np.float64) if v.dtype == np.float32 else v, batch)
     step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh), donate_argnums=0)
     state = init()
     before = jax.device_get(state)
+    state, metrics = step(state, sharding.global_batch(batch, mesh), None)
+    abstract = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params, cfg), state_sh)
+    # The structure and shapes of abstract_train_state, with the float64 parameters' dtypes.
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, s.dtype, sharding=a.sharding), abstract, state)
+    return {"before": before, "state": state, "after": jax.device_get(state), "metrics": jax.device_get(metrics),
+            "shardings": state_sh, "abstract": abstract}
+
+
+# Session scope: xdist may run another module's tests between the two of the group, which would
+# tear a module fixture down and compute it again.
+@pytest.fixture(scope="session")
+def one_device():
+    """One step with the BYOL term on one device (float64), shared by the EMA and sharding checks."""
+    cfg, dim = _byol_cfg(), 16
+    cfg.model.dtype = "float64"
+    with jax.enable_x64(True):
+        mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
+        return cfg, dim, _step(cfg, mesh, _layout_batch(cfg, dim), dim)
+
+
+@pytest.mark.xdist_group("byol")  # one compile of the shared step
+def test_ema_target_moves_by_the_ema_only_and_restores_bitwise(one_device, tmp_path):
+    """One step with the BYOL term: the term trains the encoder and both heads; the target is
+    not in the optimizer and equals tau * old + (1 - tau) * updated online weights, exactly;
+    a checkpoint of the state (target included) restores bitwise onto its shardings."""
+    cfg, _, run = one_device
+    assert set(factory.step_fields(cfg)) >= {"layout_mask"}
+    assert set(run["shardings"]["target"]) == {"encoder", "projector"}
+    before, after, metrics = run["before"], run["after"], run["metrics"]
     jax.tree.map(np.testing.assert_array_equal, before["target"], byol.online_part(before["params"]))
-    state, metrics = step(state, sharding.global_batch(_layout_batch(cfg, dim), mesh))
-    after = jax.device_get(state)
     assert metrics["finite"] == 1.0 and float(metrics["loss/byol"]) > 0
     tau = np.float32(metrics["byol/momentum"])
     assert tau == np.float32(cfg.loss.byol_momentum)  # the cosine schedule starts at the base
     # Adam's first moment is the gradient: the term reaches the encoder, projector and predictor.
-    mu = jax.device_get(optax.tree_utils.tree_get(after["opt"], "mu"))
+    mu = optax.tree_utils.tree_get(after["opt"], "mu")
     norm = lambda t: float(optax.tree.norm(t))  # noqa: E731
     assert norm(mu["encoder"]) > 0 and norm(mu["byol"]["projector"]) > 0 and norm(mu["byol"]["predictor"]) > 0
     online = byol.online_part(after["params"])
@@ -129,15 +159,17 @@ def test_ema_target_moves_by_the_ema_only_and_restores_bitwise(tmp_path):
     want = jax.tree.map(lambda t, o: tau * t + (np.float32(1) - tau) * o, before["target"], online)
     jax.tree.map(np.testing.assert_array_equal, after["target"], want)
 
-    ckpt = checkpoint.Checkpointer(tmp_path, keep=1, async_save=False)
-    try:
-        ckpt.save(1, state, None)
-        ckpt.wait()
-        abstract = checkpoint.abstract_with_shardings(factory.abstract_train_state(tx, abstract_params, cfg), state_sh)
-        restored = jax.device_get(ckpt.restore(1, abstract))
-    finally:
-        ckpt.close()
+    with jax.enable_x64(True):
+        ckpt = checkpoint.Checkpointer(tmp_path, keep=1, async_save=False)
+        try:
+            ckpt.save(1, run["state"], None)
+            ckpt.wait()
+            restored = jax.device_get(ckpt.restore(1, run["abstract"]))
+        finally:
+            ckpt.close()
     assert set(restored) == set(after) >= {"params", "opt", "target"}
+    assert jax.tree.leaves(jax.tree.map(lambda a, b: a.dtype == b.dtype, restored, after)) == [True] * len(
+        jax.tree.leaves(after))
     jax.tree.map(np.testing.assert_array_equal, restored, after)
 
 
@@ -156,18 +188,17 @@ def test_weight_zero_builds_and_keeps_nothing():
         validate.check(cfg, "train")
 
 
-def test_sharded_step_with_the_term_matches_one_device():
+@pytest.mark.xdist_group("byol")  # one compile of the shared one-device step
+def test_sharded_step_with_the_term_matches_one_device(one_device):
     """(data=2, fsdp=2, tensor=2) over 8 devices == 1 device with the BYOL term, in float64 (the
     bounds of test_train.test_sharded_step_matches_single_device): the same windows and views
     are drawn, the same loss, gradient and update; the target is sharded like its parameters."""
-    cfg, dim = _byol_cfg(), 16
-    cfg.model.dtype = "float64"
-    batch = _layout_batch(cfg, dim)
+    cfg, dim, run1 = one_device
     with jax.enable_x64(True):
-        one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
         eight = sharding.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
-        m1, _, p1, _, mu1, _ = _one_step(cfg, one, batch, dim)
-        m8, _, p8, sh8, mu8, _ = _one_step(cfg, eight, batch, dim)
+        m8, _, p8, sh8, mu8, _ = _one_step(cfg, eight, _layout_batch(cfg, dim), dim)
+    m1, p1 = run1["metrics"], run1["after"]["params"]
+    mu1 = optax.tree_utils.tree_get(run1["after"]["opt"], "mu")
     assert m1["loss/byol"] > 0 and m1["loss"].dtype == np.float64
     assert jax.tree.map(lambda s: s.spec, sh8["target"]["encoder"]) == jax.tree.map(lambda s: s.spec,
                                                                                     sh8["params"]["encoder"])

@@ -1,6 +1,7 @@
 """Evaluation: metric code on hand-computed cases, layout labels, and the CLI end to end."""
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -100,11 +101,10 @@ def test_layout_key_separates_category_first_page_and_cell():
     assert features.layout_key(np.array([1, 1]), np.array([2, 5])).tolist() == [2, 2]  # pages after the first
 
 
-@pytest.mark.xdist_group("train")
-def test_eval_cli_end_to_end(synth_corpus, tmp_path, jax_cache):
+@pytest.mark.xdist_group("eval")  # with test_eval_restore.py: the eval runs share `jax_cache`
+def test_eval_cli_end_to_end(synth_corpus, stage1_run, tmp_path, jax_cache):
     wd = tmp_path / "w"
-    r = tu.run(tu.train_cmd(synth_corpus, wd, 2), cache=jax_cache)
-    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.copytree(stage1_run, wd)  # the shared 2-step run of `python -m docjepa.train`
     cmd = [sys.executable, "-m", "docjepa.eval", *tu.FAST, f"--workdir={wd}",
            f"--config.data.dir={synth_corpus}", "--config.evals.max_examples=16"]
     r = tu.run(cmd, cache=jax_cache)

@@ -15,16 +15,14 @@ import train_utils as tu
 from docjepa import checkpoint, run_config, sharding, state as factory
 from docjepa.data import pipeline
 
-pytestmark = pytest.mark.xdist_group("train")  # one training run shared through the jax cache
+pytestmark = pytest.mark.xdist_group("eval")  # with test_eval.py: the eval runs share `jax_cache`
 
 
 @pytest.fixture(scope="module")
-def trained(synth_corpus, tmp_path_factory, jax_cache):
-    """A 2-step run of the tiny TTM model: its state has params, Adam moments and memory."""
-    wd = tmp_path_factory.mktemp("trained") / "w"
-    r = tu.run(tu.train_cmd(synth_corpus, wd, 2), cache=jax_cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return wd
+def trained(stage1_run):
+    """A 2-step run of the tiny TTM model (the test run's shared one, not written to): its state
+    has params, Adam moments and memory."""
+    return stage1_run
 
 
 def _rewrite(src, dst, *, memory: bool, optimizer: str):

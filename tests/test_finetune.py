@@ -23,13 +23,14 @@ from docjepa import finetune, sharding
 from docjepa.data import stage2, tasks
 from docjepa.models import decoder
 
+# One worker runs the module: its stage-1 run, setups and subprocess runs (sharing `jax_cache`)
+# are made once.
+pytestmark = pytest.mark.xdist_group("finetune")
 
-@pytest.fixture(scope="module")
-def stage1(synth_corpus, tmp_path_factory, jax_cache):
-    workdir = tmp_path_factory.mktemp("stage1")
-    r = train_utils.run(train_utils.train_cmd(synth_corpus, workdir, 2), cache=jax_cache)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return workdir
+
+@pytest.fixture(scope="session")
+def stage1(stage1_run):
+    return stage1_run
 
 
 def quick_config(corpus, stage1_dir, steps: int = 100):
@@ -50,26 +51,45 @@ def first_batch(setup: finetune.Stage2) -> dict[str, np.ndarray]:
     return next(iter(data))
 
 
-def test_frozen_encoder_learning_and_generation(synth_corpus, stage1, tmp_path):
-    """No optimizer state for the encoder, its parameters bit-identical after steps (and equal to
-    the stage-1 checkpoint's), the loss falls on a fixed batch, greedy generation runs under jit."""
+# Session scope (here and for `finetuned`): xdist may run another module's tests between this
+# group's, which would tear a module fixture down and compute it again.
+@pytest.fixture(scope="session")
+def one_device(synth_corpus, stage1, tmp_path_factory):
+    """The quick setup on one device and six steps of its jitted train step on its first batch
+    (one compile, shared): the initial state, each step's metrics, the optimizer state after the
+    first step (host copies) and the final state."""
+    workdir = tmp_path_factory.mktemp("one_device")
     mesh = sharding.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
-    setup = finetune.Stage2(quick_config(synth_corpus, stage1), str(tmp_path), mesh)
-    assert (tmp_path / "tokenizer.json").exists()
+    setup = finetune.Stage2(quick_config(synth_corpus, stage1), str(workdir), mesh)
     state = setup.init_state()
-    assert set(state["params"]) == {"projector", "lm"} and set(state["frozen"]) == {"encoder"}
-    assert not [k for k in flat(state["opt"]) if "encoder" in k]
-    assert len(flat(state["opt"])) >= 2 * len(flat(state["params"]))  # Adam's two moments of the trainable part
-    saved = {k.replace("'", ""): v for k, v in final_state(stage1, 2).items()}  # orbax keys lists by strings
-    encoder = flat(state["frozen"]["encoder"])
-    assert all(np.array_equal(saved["[params]" + k.replace("'", "")], v) for k, v in encoder.items())
-
+    copy = lambda tree: {k: np.array(v) for k, v in flat(tree).items()}  # noqa: E731  (the step donates the state)
+    initial = {"params": copy(state["params"]), "frozen": copy(state["frozen"]["encoder"]), "opt": copy(state["opt"])}
     batch = first_batch(setup)
     step = setup.jit_train_step()
-    losses = []
+    metrics, opt_after_first = [], None
     for _ in range(6):
         state, m = step(state, sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
-        losses.append(float(m["loss"]))
+        metrics.append(jax.device_get(m))
+        if opt_after_first is None:
+            opt_after_first = copy(state["opt"])
+    return {"setup": setup, "workdir": workdir, "initial": initial, "batch": batch, "metrics": metrics,
+            "opt_after_first": opt_after_first, "state": state}
+
+
+def test_frozen_encoder_learning_and_generation(one_device, stage1):
+    """No optimizer state for the encoder, its parameters bit-identical after steps (and equal to
+    the stage-1 checkpoint's), the loss falls on a fixed batch, greedy generation runs under jit."""
+    setup, state, initial = one_device["setup"], one_device["state"], one_device["initial"]
+    assert (one_device["workdir"] / "tokenizer.json").exists()
+    assert set(state["params"]) == {"projector", "lm"} and set(state["frozen"]) == {"encoder"}
+    assert not [k for k in initial["opt"] if "encoder" in k]
+    assert len(initial["opt"]) >= 2 * len(initial["params"])  # Adam's two moments of the trainable part
+    saved = {k.replace("'", ""): v for k, v in final_state(stage1, 2).items()}  # orbax keys lists by strings
+    encoder = initial["frozen"]
+    assert all(np.array_equal(saved["[params]" + k.replace("'", "")], v) for k, v in encoder.items())
+
+    batch, m = one_device["batch"], one_device["metrics"][-1]
+    losses = [float(step["loss"]) for step in one_device["metrics"]]
     assert float(m["answer_tokens"]) > 0 and all(np.isfinite(losses))
     assert losses[-1] < 0.85 * losses[0] and losses == sorted(losses, reverse=True), losses
     assert compare(encoder, flat(state["frozen"]["encoder"])).startswith("bitwise equal")
@@ -114,22 +134,19 @@ def test_document_read_across_chunks(synth_corpus, stage1, tmp_path):
     assert (np.asarray(page[0, -m:]) == cfg.data.max_chunks * cfg.data.max_pages).all()
 
 
-def test_sharded_step_equals_one_device(synth_corpus, stage1, tmp_path):
+def test_sharded_step_equals_one_device(synth_corpus, stage1, one_device, tmp_path):
     """The step on a 2 x 2 (data x tensor) mesh computes the loss and gradients of the one-device
-    step. With lr 0 the parameters stay put and Adam's first moment holds (1 - b1) x the clipped
-    gradient, compared leaf by leaf in float32 (the reductions run in another order)."""
-    out = {}
-    for name, axes, devices in (("one", (("data", 1), ("fsdp", 1), ("tensor", 1)), 1),
-                                ("sharded", (("data", 2), ("fsdp", 1), ("tensor", 2)), 4)):
-        cfg = quick_config(synth_corpus, stage1)
-        cfg.optim.lr = 0.0
-        mesh = sharding.make_mesh(axes, devices=jax.devices()[:devices])
-        setup = finetune.Stage2(cfg, str(tmp_path / name), mesh)
-        batch = first_batch(setup)
-        state, m = setup.jit_train_step()(setup.init_state(),
-                                          sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
-        out[name] = float(m["loss"]), flat(state["opt"])
-    (loss_one, opt_one), (loss_sharded, opt_sharded) = out["one"], out["sharded"]
+    step (the shared one's first step): Adam's state after it (its first moment holds (1 - b1) x
+    the clipped gradient, whatever the learning rate) is compared leaf by leaf in float32 (the
+    reductions run in another order)."""
+    mesh = sharding.make_mesh((("data", 2), ("fsdp", 1), ("tensor", 2)), devices=jax.devices()[:4])
+    setup = finetune.Stage2(quick_config(synth_corpus, stage1), str(tmp_path / "sharded"), mesh)
+    batch = first_batch(setup)
+    np.testing.assert_array_equal(batch["input_ids"], one_device["batch"]["input_ids"])
+    state, m = setup.jit_train_step()(setup.init_state(),
+                                      sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
+    loss_one, opt_one = float(one_device["metrics"][0]["loss"]), one_device["opt_after_first"]
+    loss_sharded, opt_sharded = float(m["loss"]), flat(state["opt"])
     assert loss_sharded == pytest.approx(loss_one, rel=1e-5)
     assert opt_one.keys() == opt_sharded.keys()
     assert max(float(np.abs(v).max()) for v in opt_one.values() if v.size) > 0  # gradients were recorded
@@ -137,14 +154,13 @@ def test_sharded_step_equals_one_device(synth_corpus, stage1, tmp_path):
         np.testing.assert_allclose(opt_sharded[k], opt_one[k], rtol=1e-4, atol=1e-7, err_msg=k)
 
 
-def test_lora_trains_adapters_only(synth_corpus, stage1, tmp_path):
+def test_lora_trains_adapters_only(synth_corpus, stage1, one_device, tmp_path):
     """With LoRA the LM joins the frozen part: the optimizer holds the projector and adapters only,
     and the adapters start at zero (the first forward is the loaded LM's)."""
     lm_dir = tmp_path / "lm"
     cfg = quick_config(synth_corpus, stage1)
     mesh = sharding.make_mesh(cfg.mesh, devices=jax.devices()[:1])
-    embedded = finetune.Stage2(cfg, str(tmp_path / "embedded"), mesh)
-    write_hf_checkpoint(embedded, lm_dir)
+    write_hf_checkpoint(one_device["setup"], lm_dir)  # the embedded LM of the quick setup
     cfg.lm.model_dir, cfg.lm.finetune = str(lm_dir), "lora"
     setup = finetune.Stage2(cfg, str(tmp_path / "lora"), mesh)
     state = setup.init_state()
@@ -188,7 +204,7 @@ def finetune_cmd(corpus, stage1_dir, workdir, steps: int, *extra: str) -> list[s
             f"--config.train.steps={steps}", *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finetuned(synth_corpus, stage1, tmp_path_factory, jax_cache):
     """`python -m docjepa.finetune` for 4 steps (checkpoints at 2 and 4)."""
     workdir = tmp_path_factory.mktemp("stage2")
