@@ -179,6 +179,10 @@ def base() -> mlc.ConfigDict:
     c.evals.in_train = ("retrieval",)                   # run every train.eval_every steps
     c.evals.layout_stage = 1                              # Hiera stage (0-based) for the layout probe
     c.evals.batch_size = 8
+    # Chunks of evaluation (0 = data.max_steps / data.max_pages): whole pages, so that page
+    # embeddings pool all their windows whatever chunks training reads (evals/features.py).
+    c.evals.max_steps = 0
+    c.evals.max_pages = 0
     c.evals.max_examples = 512           # chunks; documents begun before the limit are read to the end
     c.evals.long_doc_pages = 8           # `memory`: document retrieval over documents of >= this many pages
     c.evals.recall_max_k = 8             # `memory`: recall of page n - k from the state after page n, k <= this

@@ -142,6 +142,8 @@ RULES: dict[str, Rule] = {
     "train.profile_steps": (lambda v: v == () or (isinstance(v, tuple) and len(v) == 2 and all(_pos_int(x) for x in v)
                                                   and v[0] < v[1]), "must be () or (first, last) steps, 1 <= first < last"),
     "evals.batch_size": (_pos_int, "must be a positive integer"),
+    "evals.max_steps": (_nonneg_int, "must be a non-negative integer (0 = data.max_steps)"),
+    "evals.max_pages": (_nonneg_int, "must be a non-negative integer (0 = data.max_pages)"),
     "evals.max_examples": (_pos_int, "must be a positive integer"),
     "evals.long_doc_pages": (_pos_int, "must be a positive integer"),
     "evals.recall_max_k": (_nonneg_int, "must be a non-negative integer"),

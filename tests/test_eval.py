@@ -144,3 +144,15 @@ def test_eval_cli_end_to_end(synth_corpus, stage1_run, tmp_path, jax_cache):
     rest = load_file(tmp_path / "export" / "docjepa.safetensors")
     assert "ttm/memory_init" in rest and "window_head/proj/kernel" in rest and not any(k.startswith("encoder") for k in rest)
     np.testing.assert_array_equal(rest["ttm/memory_init"], np.asarray(ours.ttm.memory_init[...]))
+
+
+def test_eval_chunks_read_whole_pages_whatever_training_reads():
+    from configs import demo
+
+    eval_chunks = features.eval_chunks
+    cfg = demo.get_config()
+    cfg.data.max_steps, cfg.data.max_pages = 1, 1  # one-window training chunks
+    assert (eval_chunks(cfg).data.max_steps, eval_chunks(cfg).data.max_pages) == (1, 1)  # 0: training's
+    cfg.evals.max_steps, cfg.evals.max_pages = 12, 2
+    e = eval_chunks(cfg)
+    assert (e.data.max_steps, e.data.max_pages) == (12, 2) and (cfg.data.max_steps, cfg.data.max_pages) == (1, 1)

@@ -105,11 +105,24 @@ def _eval_loss(loss_cfg: mlc.ConfigDict) -> mlc.ConfigDict:
     return c
 
 
+def eval_chunks(cfg: mlc.ConfigDict) -> mlc.ConfigDict:
+    """`cfg` with the evaluation's chunks (`evals.max_steps`, `evals.max_pages`; 0 = training's)
+    as `data.max_steps` / `data.max_pages`. Documents are read whole either way, the memory
+    carried; but a page's embedding pools its windows within one chunk, so a run trained on
+    chunks shorter than a page is evaluated on whole pages, and every run on the same pool."""
+    out = mlc.ConfigDict(cfg.to_dict())
+    for name in ("max_steps", "max_pages"):
+        if cfg.evals.get(name, 0):
+            out.data[name] = cfg.evals[name]
+    return out
+
+
 class FeatureExtractor:
     """Jitted, sharded forward pass of the model over eval batches of one data directory."""
 
     def __init__(self, cfg: mlc.ConfigDict, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, param_sh: Any,
                  layout: bool, trace: bool = False):
+        cfg = eval_chunks(cfg)
         self.cfg, self.mesh, self.layout, self.trace = cfg, mesh, layout, trace
         stage = cfg.evals.layout_stage if layout else None
         loss_cfg = _eval_loss(cfg.loss)
