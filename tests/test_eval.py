@@ -152,6 +152,7 @@ def test_eval_chunks_read_whole_pages_whatever_training_reads():
     eval_chunks = features.eval_chunks
     cfg = demo.get_config()
     cfg.data.max_steps, cfg.data.max_pages = 1, 1  # one-window training chunks
+    cfg.evals.max_steps = cfg.evals.max_pages = 0
     assert (eval_chunks(cfg).data.max_steps, eval_chunks(cfg).data.max_pages) == (1, 1)  # 0: training's
     cfg.evals.max_steps, cfg.evals.max_pages = 12, 2
     e = eval_chunks(cfg)

@@ -111,7 +111,11 @@ def test_zero_weight_terms_are_not_traced(monkeypatch):
              "window_text_id": np.arange(6, dtype=np.int32).reshape(2, 3),
              "page_emb": np.ones((2, 2, 16), np.float32), "page_mask": np.ones((2, 2), bool),
              "page_text_id": np.arange(4, dtype=np.int32).reshape(2, 2),
-             "doc_emb": np.ones((2, 16), np.float32), "doc_mask": np.ones((2,), bool)}
+             "doc_emb": np.ones((2, 16), np.float32), "doc_mask": np.ones((2,), bool),
+             # what tells false negatives apart: document, window rows (page, box px), page index
+             "record_index": np.arange(2, dtype=np.int32), "page_index": np.tile(np.arange(2, dtype=np.int32), (2, 1)),
+             "window_rows": np.tile(np.array([[0, 0, 0, 224, 224], [0, 224, 0, 448, 224], [1, 0, 0, 224, 224]],
+                                             np.int32), (2, 1, 1))}
 
     def boom(*args):
         raise AssertionError("a weight-0 term was traced")
