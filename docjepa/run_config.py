@@ -1,7 +1,8 @@
 """The config a training run saved (WORKDIR/config.json), as a config file for ml_collections:
 `--config docjepa/run_config.py:WORKDIR`. `python -m docjepa.eval` uses it when `--config` is
 not given, so a run is evaluated with the config it was trained with, and overrides
-(`--config.evals.max_examples=64`) apply on top as they do to any config file.
+(`--config.evals.max_examples=64`) apply on top as they do to any config file. Fields the run
+predates take `configs/common.base()`'s defaults, so older workdirs still validate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from configs import common
 from docjepa.checkpoint import workdir_path
 
 
@@ -23,12 +25,20 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
+def _fill(saved: dict, defaults: dict) -> dict:
+    """`saved` with the fields it lacks taken from `defaults`, at every depth."""
+    out = dict(defaults)
+    for k, v in saved.items():
+        out[k] = _fill(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+    return out
+
+
 def load(workdir: str | os.PathLike) -> mlc.ConfigDict:
     """The resolved config the run in `workdir` was trained with."""
     path = workdir_path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (is {workdir} a docjepa workdir?)")
-    return mlc.ConfigDict(_tuples(json.loads(path.read_text())))
+    return mlc.ConfigDict(_fill(_tuples(json.loads(path.read_text())), common.base().to_dict()))
 
 
 def get_config(workdir: str) -> mlc.ConfigDict:

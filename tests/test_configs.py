@@ -6,6 +6,7 @@ Models are built abstractly (nnx.eval_shape): production sizes cost no memory he
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import shlex
@@ -20,7 +21,8 @@ from flax import nnx
 from ml_collections import config_flags
 
 import train_utils
-from docjepa import sharding, state as factory, validate
+from configs import common, demo
+from docjepa import run_config, sharding, state as factory, validate
 from docjepa.models import hiera
 from test_hiera import META_PARAMS
 
@@ -194,3 +196,19 @@ def test_slurm_xla_flags_exist_in_installed_xla():
         env["XLA_FLAGS"] = flag
         ok = subprocess.run(check, env=env, capture_output=True, timeout=120).returncode == 0
         assert ok == ("no_such" not in flag), flag
+
+
+def test_saved_config_of_an_older_run_gets_new_fields_defaults(tmp_path):
+    """A workdir's config.json written before a field existed loads with that field's default
+    (and keeps every field it saved), so such runs still evaluate."""
+    saved = demo.get_config(None).to_dict()
+    del saved["evals"]["max_steps"], saved["loss"]["max_negative_cosine"]
+    saved["optim"]["lr"] = 0.123
+    (tmp_path / "config.json").write_text(json.dumps(saved, default=list))
+    cfg = run_config.load(tmp_path)
+    defaults = common.base()
+    assert cfg.evals.max_steps == defaults.evals.max_steps
+    assert cfg.loss.max_negative_cosine == defaults.loss.max_negative_cosine
+    assert cfg.optim.lr == 0.123 and cfg.data.batch_size == 60
+    for section in ("train", "eval"):
+        validate.check(cfg, section)
