@@ -24,6 +24,7 @@ objective here but not in training, the difference is in what lies between (docs
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from typing import Callable
@@ -46,14 +47,34 @@ from docjepa.models.docjepa import PIXELS, l2_normalize
 def windows(data: str, split: str) -> dict[str, np.ndarray]:
     """Every window of a split with a text target: pixels [n, 224, 224, 3] uint8, its document's
     category id, its centred text target and text id."""
-    out = {"x": [], "category": [], "emb": [], "text_id": []}
+    out = {"x": [], "category": [], "emb": [], "text_id": [], "doc": []}
     for b in pipeline.eval_batches(data, split, batch_size=8, max_steps=12, max_pages=2, min_words=1, center=True):
         m = b["window_mask"] & b["step_mask"] & b["example_mask"][:, None]
         out["x"].append(b["patches"][m])
         out["category"].append(np.broadcast_to(b["category_id"][:, None], m.shape)[m])
         out["emb"].append(b["window_emb"][m])
         out["text_id"].append(b["window_text_id"][m])
-    return {k: np.concatenate(v) for k, v in out.items()}
+        out["doc"].append(np.broadcast_to(b["record_index"][:, None], m.shape)[m])
+    out = {k: np.concatenate(v) for k, v in out.items()}
+    order = np.argsort(out["doc"], kind="stable")  # documents in turn, each in reading order
+    return {k: v[order] for k, v in out.items()}
+
+
+def batches(n: int, batch: int, streams: int, seed: int = 0):
+    """Window indices per step. `streams` = 0: `batch` windows drawn uniformly. Otherwise
+    `streams` x `batch` readers, each walking the split's windows in reading order from its own
+    start; a step takes the next window of every reader of one group, the groups in turn (1:
+    every reader every step, as training's document streams do; more: consecutive steps see
+    different documents)."""
+    rng = np.random.default_rng(seed)
+    if not streams:
+        while True:
+            yield rng.choice(n, batch, replace=False)
+    pos = rng.integers(0, n, (streams, batch))
+    for i in itertools.count():
+        g = i % streams
+        yield pos[g] % n
+        pos[g] += 1
 
 
 def thumbnails(x: np.ndarray, pixels: str) -> np.ndarray:
@@ -120,7 +141,7 @@ OBJECTIVES: dict[str, tuple[Callable, Callable]] = {
 
 
 def train(probe: Probe, xt: np.ndarray, t: dict, xv: np.ndarray, v: dict, *, objective: str, steps: int, lr: float,
-          batch: int, name: str, freeze: bool = False) -> Probe:
+          batch: int, name: str, freeze: bool = False, streams: int = 0) -> Probe:
     """Train a copy of `probe` (with `freeze`, everything but the encoder); return the trained copy."""
     loss_fn, report = OBJECTIVES[objective]
     graphdef, params = nnx.split(probe, nnx.Param)
@@ -143,9 +164,9 @@ def train(probe: Probe, xt: np.ndarray, t: dict, xv: np.ndarray, v: dict, *, obj
         return probe(x), probe.features(x)
 
     columns = [k for k in t if k != "x"]
-    rng, t0, values = np.random.default_rng(0), time.time(), []
+    t0, values, draws = time.time(), [], batches(len(xt), batch, streams)
     for i in range(1, steps + 1):
-        idx = rng.choice(len(xt), batch, replace=False)
+        idx = next(draws)
         params, opt, value = step(params, opt, xt[idx], {k: jnp.asarray(t[k][idx]) for k in columns})
         values.append(float(value))
         if i % 50 == 0 or i == steps:
@@ -169,6 +190,8 @@ def main() -> None:
     parser.add_argument("--save", default="", help="write the trained Hiera here (.safetensors, Meta's names): "
                                                    "what model.hiera.init_from reads")
     parser.add_argument("--pool", choices=("mean", "flatten"), default="mean", help="Hiera's tokens -> the head")
+    parser.add_argument("--streams", type=int, default=0,
+                        help="0: iid windows; G: G groups of --batch readers in reading order, one group a step")
     parser.add_argument("--freeze", action="store_true", help="keep Hiera at its initialisation; train the head only")
     args = parser.parse_args()
     cfg = common.load_config(args.config)
@@ -183,7 +206,7 @@ def main() -> None:
                                                                         for i in v["text_id"]]) for k in (1, 10))))
     print(f"{len(t['x'])} training / {len(v['x'])} validation windows, {classes} categories, {chance}; "
           f"{common.machine()}", flush=True)
-    kw = dict(objective=args.objective, steps=args.steps, lr=args.lr, batch=args.batch)
+    kw = dict(objective=args.objective, steps=args.steps, lr=args.lr, batch=args.batch, streams=args.streams)
     if not args.skip_thumbnails:
         for pixels in PIXELS:
             train(Probe(None, 32 * 32 * 3, out, args.objective == "siglip", args.batch), thumbnails(t["x"], pixels), t,

@@ -51,6 +51,9 @@ def base() -> mlc.ConfigDict:
     # Each stream begins its first document at a random window, so that a batch's rows are at
     # different places on their pages (DocStreams; docs/evaluation.md).
     c.data.stagger = True
+    # G > 1: G x batch_size streams, one group's a step in turn, so that consecutive batches hold
+    # different documents (DocStreams); the carried memory is [G, batch, m, C].
+    c.data.stream_groups = 1
     c.data.shuffle_buffer = 0            # 0 = global index shuffle (grain MapDataset)
     c.data.layout_grid = 0               # pseudo-layout cells per window side (loss.layout_weight > 0)
     c.data.center_targets = True         # remove the training targets' mean (manifest; data/bank.py)

@@ -43,10 +43,11 @@ def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 def labels_from_ids(row_ids: jax.Array, col_ids: jax.Array) -> jax.Array:
     """[n_rows, n_cols] bool: equal non-negative ids are positives; the diagonal always is."""
-    return _same_ids(row_ids, col_ids) | jnp.eye(row_ids.shape[0], col_ids.shape[0], dtype=bool)
+    return same_ids(row_ids, col_ids) | jnp.eye(row_ids.shape[0], col_ids.shape[0], dtype=bool)
 
 
-def _same_ids(row_ids: jax.Array, col_ids: jax.Array) -> jax.Array:
+def same_ids(row_ids: jax.Array, col_ids: jax.Array) -> jax.Array:
+    """[n_rows, n_cols] bool: equal ids, where the row's id is set (>= 0)."""
     return (row_ids[:, None] == col_ids[None, :]) & (row_ids[:, None] >= 0)
 
 
@@ -56,7 +57,7 @@ def false_negatives(rows: Mapping[str, jax.Array], cols: Mapping[str, jax.Array]
     `page`), and where both carry window boxes (`box`, [x0, y0, x1, y1] px) only if they overlap;
     a target (`emb`, unit norm) closer than `max_cosine` to row i's. `doc`, `page`, `box` are
     optional (a document has no page)."""
-    out = _same_ids(rows["text_id"], cols["text_id"])
+    out = same_ids(rows["text_id"], cols["text_id"])
     if "doc" in rows:
         same_page = (rows["doc"][:, None] == cols["doc"][None, :]) & (rows["page"][:, None] == cols["page"][None, :])
         if "box" in rows:
@@ -80,7 +81,7 @@ def _cells(rows: Mapping[str, jax.Array], cols: Mapping[str, jax.Array], diagona
     """Labels and the cells that take part, for rows and columns given as items: `text_id`,
     `ok` (valid), `emb` (unit-norm targets) and, for the false-negative test, `doc`/`page`/`box`.
     With `max_cosine` set, a false negative is neither positive nor negative: its cell is dropped."""
-    labels = _same_ids(rows["text_id"], cols["text_id"]) | diagonal
+    labels = same_ids(rows["text_id"], cols["text_id"]) | diagonal
     keep = rows["ok"][:, None] & cols["ok"][None, :]
     if max_cosine is not None:
         keep &= labels | ~false_negatives(rows, cols, max_cosine)

@@ -134,8 +134,8 @@ def bank_exclusions(rows: dict[str, jax.Array], targets: jax.Array, bank: dict[s
     (the same text, overlapping windows of one page, a near-duplicate target), an entry whose
     text is in the batch (scored there already), padding."""
     same = losses.false_negatives({**rows, "emb": l2_normalize(targets)}, bank, max_cosine)
-    same_text = (rows["text_id"][:, None] == bank["text_id"][None, :]) & (rows["text_id"][:, None] >= 0)
-    return same | same_text.any(axis=0, keepdims=True) | ~bank["valid"][None, :]
+    in_batch = losses.same_ids(rows["text_id"], bank["text_id"]).any(axis=0, keepdims=True)
+    return same | in_batch | ~bank["valid"][None, :]
 
 
 def _bank_term(level: str, out_key: str, scale: str, mask_fn):

@@ -91,16 +91,30 @@ def build_optimizer(cfg: mlc.ConfigDict, steps: int, mask: Any) -> tuple[optax.G
     return optax.chain(*parts), schedule
 
 
-def init_train_state(model: DocJEPA, tx: optax.GradientTransformation, batch_size: int) -> dict[str, Any]:
-    """{params, opt, step} and, with the TTM, `memory`: each stream row's carried memory
-    ([batch_size, m, C], float32), where every row starts from `memory_init`; with the BYOL term,
-    `target`: the EMA target branch (`byol.online_part`), starting as a copy of the online one."""
+def init_train_state(model: DocJEPA, tx: optax.GradientTransformation, batch_size: int,
+                     groups: int = 1) -> dict[str, Any]:
+    """{params, opt, step} and, with the TTM, `memory`: each stream's carried memory ([batch_size,
+    m, C] float32, or with `groups` > 1 stream groups [batch_size, groups, m, C]: row r of group
+    g is stream g * batch_size + r), where every stream starts from `memory_init`; with the BYOL
+    term, `target`: the EMA target branch (`byol.online_part`), starting as a copy of the online one."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     state = {"params": params, "opt": tx.init(params), "step": jnp.int32(0)}
     if model.byol is not None:
         state["target"] = jax.tree.map(jnp.copy, byol.online_part(params))  # own buffers: the state is donated
     memory = model.initial_memory(batch_size)
+    if memory is not None and groups > 1:
+        memory = jnp.repeat(memory[:, None], groups, axis=1)
     return state if memory is None else state | {"memory": memory}
+
+
+def group_memory(memory: jax.Array, step: jax.Array, groups: int) -> jax.Array:
+    """The carried memory of the stream group that makes batch `step` ([batch, m, C])."""
+    return memory if groups == 1 else jax.lax.dynamic_index_in_dim(memory, step % groups, axis=1, keepdims=False)
+
+
+def store_group_memory(memory: jax.Array, new: jax.Array, step: jax.Array, groups: int) -> jax.Array:
+    """`memory` with the group of batch `step` replaced by `new` (`group_memory`'s inverse)."""
+    return new if groups == 1 else jax.lax.dynamic_update_index_in_dim(memory, new, step % groups, axis=1)
 
 
 def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.State,
@@ -112,7 +126,9 @@ def abstract_train_state(tx: optax.GradientTransformation, abstract_params: nnx.
         state["target"] = byol.online_part(params)
     if cfg.model.ttm.use_memory:  # as `TokenTuringMachine.initial_memory` lays it out
         init = jax.eval_shape(layers.at_least_f32, params["ttm"]["memory_init"])
-        state["memory"] = jax.ShapeDtypeStruct((cfg.data.batch_size, *init.shape), init.dtype)
+        groups = cfg.data.get("stream_groups", 1)
+        lead = (cfg.data.batch_size,) if groups == 1 else (cfg.data.batch_size, groups)
+        state["memory"] = jax.ShapeDtypeStruct((*lead, *init.shape), init.dtype)
     return state
 
 
@@ -128,7 +144,7 @@ def train_state_shardings(tx: optax.GradientTransformation, abstract_params: nnx
     if "target" in abstract:
         out["target"] = byol.online_part(param_sh)
     if "memory" in abstract:
-        out["memory"] = sharding.batch_sharding(mesh, 3)
+        out["memory"] = sharding.batch_sharding(mesh, len(abstract["memory"].shape))
     return out
 
 

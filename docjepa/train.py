@@ -48,7 +48,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     """The pure step: (state, batch, bank) -> (state, metrics). Non-finite updates are skipped.
     `bank`: the text bank on the mesh (`state.device_bank`), or None without bank terms.
 
-    With the TTM, `state["memory"]` is each stream row's memory after its previous chunk: the
+    With the TTM, `state["memory"]` is each stream row's memory after its previous chunk (with
+    `data.stream_groups`, that of the group whose turn it is: `state.group_memory`): the
     step starts from it (from `memory_init` where `batch["reset"]`) and stores the memory after
     this chunk. Gradients stop at the carry (truncated back-propagation through time: the
     horizon is one chunk, `data.max_steps` windows: the carried memory is an input of the step,
@@ -59,6 +60,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     the step moves it towards the updated online weights by `byol.momentum`."""
     accum = cfg.optim.grad_accum
     budget = factory.window_budget(cfg, mesh, cfg.data.batch_size, accum)
+    groups = cfg.data.get("stream_groups", 1)  # stream groups take turns: batch t is group t % groups
 
     table = sharding.config_rules(cfg)
 
@@ -117,7 +119,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
 
     def step(state, batch, bank=None):
         params = state["params"]
-        memory, target = state.get("memory"), state.get("target")
+        target = state.get("target")
+        carried = memory = None if "memory" not in state else factory.group_memory(state["memory"], state["step"], groups)
         step_key = jax.random.fold_in(jax.random.key(cfg.seed), state["step"])
         if bank is not None and cfg.loss.bank_size:
             bank = objective.sample_bank(bank, step_key, cfg.loss.bank_size)
@@ -137,7 +140,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             "step": state["step"] + 1,
         }
         if memory is not None:
-            new_state["memory"] = keep(memory, state["memory"])
+            new_state["memory"] = factory.store_group_memory(state["memory"], keep(memory, carried), state["step"], groups)
         if target is not None:
             tau = byol.momentum(cfg.loss, state["step"], cfg.train.steps)
             new_state["target"] = jax.tree.map(keep, byol.ema(target, byol.online_part(new_params), tau), target)
@@ -220,7 +223,7 @@ def main(argv: list[str]) -> None:
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init_state():
-        return factory.init_train_state(make_model(), tx, cfg.data.batch_size)
+        return factory.init_train_state(make_model(), tx, cfg.data.batch_size, cfg.data.stream_groups)
 
     # -------------------------------------------------------------------- step
     batch_sh = {k: sharding.batch_sharding(mesh, 1) for k in factory.step_fields(cfg)}  # leading dim; rest replicated

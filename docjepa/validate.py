@@ -75,6 +75,7 @@ RULES: dict[str, Rule] = {
     "data.window_capacity": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
                               "must be a fraction in (0, 1]"),
     "data.worker_count": (_nonneg_int, "must be a non-negative integer"),
+    "data.stream_groups": (_pos_int, "must be a positive integer (1 = every stream every step)"),
     "data.center_targets": _FLAG,
     "data.layout_grid": (_nonneg_int, "must be a non-negative integer (0 = no pseudo-layout targets)"),
     # Hiera implements stochastic depth, but the train step runs the model deterministically

@@ -370,3 +370,25 @@ def test_stagger_starts_rows_inside_their_first_document(corpus):
     fresh = make(stagger=True)
     fresh.set_state(state)
     assert all(_same(x, y) for x, y in zip(expected, _take(fresh, 4)))
+
+
+def test_stream_groups_take_turns(corpus):
+    """With `stream_groups` G, a batch is one group's streams, the groups in turn: stream
+    g * rows + r is row r of batches g, g + G, ... and reads what row g * rows + r of an iterator
+    with every stream in one batch reads, step for step; resume goes on identically."""
+    make = lambda rows, **kw: pipeline.make_train_iterator(  # noqa: E731
+        _cfg(corpus, augment=False, max_steps=1, max_pages=1, **kw), seed=5, local_batch_size=rows,
+        process_index=0, process_count=1)
+    plain, grouped = _take(make(4), 2), _take(make(2, stream_groups=2), 4)  # documents of >= 2 windows
+    assert not any(b["reset"].any() for b in plain[1:])  # every stream still in its first document
+    for k, b in enumerate(plain):
+        for g in range(2):
+            for key in ("record_index", "window_rows", "patches", "reset"):
+                np.testing.assert_array_equal(grouped[2 * k + g][key], b[key][2 * g:2 * g + 2], err_msg=key)
+    it = make(2, stream_groups=2)
+    _take(it, 3)
+    state = it.get_state()
+    expected = _take(it, 5)
+    fresh = make(2, stream_groups=2)
+    fresh.set_state(state)
+    assert all(_same(x, y) for x, y in zip(expected, _take(fresh, 5)))

@@ -212,6 +212,38 @@ def test_step_carries_each_rows_memory_and_resets_new_documents(small_step):
     np.testing.assert_array_equal(np.asarray(waited["memory"])[1], got[1])
 
 
+def test_stream_groups_carry_each_groups_memory():
+    """With `data.stream_groups` = 2 the state holds both groups' memories; batch t reads and
+    writes group t % 2's and leaves the other's as it was."""
+    cfg, dim = _cfg(), 16
+    cfg.data.stream_groups = 2
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
+    make_model = functools.partial(factory.build_model, cfg, dim, cfg.seed)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    tx, schedule = factory.build_optimizer(cfg.optim, 10, factory.decay_mask(abstract_params))
+    step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh))
+    state = factory.init_train_state(make_model(), tx, 4, groups=2)
+    assert state["memory"].shape[:2] == (4, 2)
+    init = np.asarray(state["memory"])
+    batches = [_batch(cfg, dim, seed=s) for s in (1, 2, 3)]
+    batches[2]["reset"][:] = False  # group 0's streams go on with their documents
+
+    @jax.jit
+    def memory_after(params, batch, memory):
+        return nnx.merge(graphdef, params)(*(batch[k] for k in ("patches", "step_mask", "page_ids", "window_box")),
+                                           max_pages=2, memory=memory, reset=batch["reset"])["memory"]
+
+    states = [state]
+    for b in batches:
+        states.append(step(states[-1], b)[0])
+    mems = [np.asarray(s["memory"]) for s in states]
+    np.testing.assert_array_equal(mems[1][:, 1], init[:, 1])  # step 0: group 1 untouched
+    np.testing.assert_array_equal(mems[2][:, 0], mems[1][:, 0])  # step 1: group 0 untouched
+    np.testing.assert_allclose(mems[2][:, 1], memory_after(states[1]["params"], batches[1], init[:, 1]), atol=1e-5)
+    np.testing.assert_allclose(mems[3][:, 0], memory_after(states[2]["params"], batches[2], mems[1][:, 0]), atol=1e-5)
+    assert np.abs(mems[3][:, 0] - memory_after(states[2]["params"], batches[2], init[:, 0])).max() > 1e-3
+
+
 @pytest.mark.xdist_group("small_step")  # one compile of the shared step
 def test_nonfinite_step_is_skipped(small_step):
     cfg, dim, _, step, init = small_step

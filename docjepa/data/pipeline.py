@@ -296,7 +296,11 @@ class DocStreams(grain.DatasetIterator):
     `stagger`, each row of a fresh iterator begins its first document at a random window: rows
     that start together otherwise stay in step page after page (most pages have the same number
     of windows), and a batch of one-window chunks holds one place on the page 80% of the time
-    on the demo corpus (docs/evaluation.md). With a
+    on the demo corpus (docs/evaluation.md). With `groups` G > 1 the iterator holds G x `rows`
+    streams and a batch is the next chunk of one group's streams, the groups in turn (stream
+    g * rows + r is row r of the batches at steps g, g + G, ...): a stream of one-window chunks
+    otherwise hands the step after its window the overlapping next one, so consecutive batches
+    repeat most of each other (docs/evaluation.md). With a
     `budget`, a group's chunks are taken in a turn that rotates every step while they fit in
     its windows; a row whose chunk does not fit waits a step (padding with `reset` False, so its
     memory carries through unchanged). With `limit`, no document starts once that many chunks
@@ -312,12 +316,15 @@ class DocStreams(grain.DatasetIterator):
 
     def __init__(self, split: Callable[[int, int], grain.MapDataset], rows: int, spec: _Spec, *, augment: bool,
                  shard: int = 0, shards: int = 1, threads: int = 0, limit: int | None = None,
-                 with_ocr: bool = False, budget: Budget | None = None, stagger: bool = False):
+                 with_ocr: bool = False, budget: Budget | None = None, stagger: bool = False, groups: int = 1):
         super().__init__()
         self._pool = None  # set before anything can raise: grain's __del__ calls close()
         if budget is not None and (rows % budget.rows or budget.windows < spec.max_steps):
             raise DataError(f"window budget {budget}: must split {rows} rows into groups and hold a "
                             f"{spec.max_steps}-window chunk")
+        if not isinstance(groups, int) or groups < 1:
+            raise DataError(f"data.stream_groups: must be an integer >= 1, got {groups!r}")
+        self._batch, rows = rows, rows * groups
         self._split, self._spec, self._augment = split, spec, augment
         self._limit, self._with_ocr, self._budget = limit, with_ocr, budget
         self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads else None
@@ -364,10 +371,15 @@ class DocStreams(grain.DatasetIterator):
                 return
         self._rows[row] = (-1, -1, 0)
 
+    def _active(self) -> range:
+        """The streams that make this step's batch: one group's, the groups in turn."""
+        first = self._turn % (len(self._rows) // self._batch) * self._batch
+        return range(first, first + self._batch)
+
     def _chosen(self) -> list[bool]:
-        """Which rows emit their chunk this step: all with one, or under the budget, those that
-        fit their group's windows, taken in this step's turn (the first always fits)."""
-        heads = [self._chunks(row)[k] if pos >= 0 else None for row, (pos, k, _) in enumerate(self._rows)]
+        """Which active rows emit their chunk this step: all with one, or under the budget, those
+        that fit their group's windows, taken in this step's turn (the first always fits)."""
+        heads = [self._chunks(row)[self._rows[row][1]] if self._rows[row][0] >= 0 else None for row in self._active()]
         sizes = [0 if c is None else c["end"] - c["start"] for c in heads]
         chosen = [n > 0 for n in sizes]
         if self._budget is None:
@@ -396,19 +408,19 @@ class DocStreams(grain.DatasetIterator):
         return ex
 
     def __next__(self) -> dict[str, np.ndarray]:
-        queued = 0
-        for row in range(len(self._rows)):
+        queued, active = 0, self._active()
+        for row in active:
             if self._rows[row][0] < 0:
                 self._start(row, queued)
             queued += self._rows[row][0] >= 0
-        if all(pos < 0 for pos, _, _ in self._rows):
+        if all(self._rows[row][0] < 0 for row in active):
             raise StopIteration
         chosen = self._chosen()
-        chunks = [self._chunks(row)[k] if go else None for row, ((_, k, _), go) in enumerate(zip(self._rows, chosen))]
-        waits = [pos >= 0 and not go for (pos, _, _), go in zip(self._rows, chosen)]
+        chunks = [self._chunks(row)[self._rows[row][1]] if go else None for row, go in zip(active, chosen)]
+        waits = [self._rows[row][0] >= 0 and not go for row, go in zip(active, chosen)]
         examples = list(self._pool.map(self._example, chunks, waits) if self._pool
                         else map(self._example, chunks, waits))
-        for row, (ex, go) in enumerate(zip(examples, chosen)):
+        for row, ex, go in zip(active, examples, chosen):
             ex["example_index"] = np.int32(self._emitted if go else -1)
             self._emitted += go
             if go:
@@ -450,6 +462,9 @@ class DocStreams(grain.DatasetIterator):
         process's `emitted` count goes to the process that takes its first row. States written
         before sources existed had one per process: shard p of as many as processes, in order.
         """
+        if self._batch != len(self._rows) and len(states) != process_count:
+            raise DataError(f"data.stream_groups: a run with stream groups resumes on its own process count "
+                            f"({len(states)}), not {process_count}")
         saved = [{"shards": len(states), "sources": [[p, s.get("next"), 1, len(s["rows"])]], **s}
                  for p, s in enumerate(states)]
         rows = [r for s in saved for r in s["rows"]]
@@ -563,7 +578,7 @@ def make_train_iterator(
 
     return DocStreams(split, local_batch_size, spec, augment=bool(data_cfg.augment), shard=process_index,
                       shards=process_count, threads=data_cfg.worker_count, budget=budget,
-                      stagger=bool(data_cfg.get("stagger", False)))
+                      stagger=bool(data_cfg.get("stagger", False)), groups=data_cfg.get("stream_groups", 1))
 
 
 def _stack(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
