@@ -3,6 +3,7 @@ checkpoint, a resume from it, and a comparison with the uninterrupted run.
 
     bench/device_check.sh [--cpu] [--wheels DIR] [--data DIR] [--no_write]     (see that script)
     PYTHONPATH=. python bench/device_check.py [--cpu] [--data DIR] [--steps 100] [--resume_at 50]
+        [--set FIELD=VALUE ...]
 
 1. step: `bench/train_step.measure` of configs/hiera_b_ttm.py:gpu1 in bfloat16 (global batch 16
    x 64 windows on one device) on random batches: median step time, analytic model FLOPs ->
@@ -65,12 +66,14 @@ def manifest_text_flags(data: Path) -> list[str]:
             if k in stored]
 
 
-def train(config: str, data: Path, workdir: Path, steps: int, ckpt_every: int, env: dict[str, str]) -> float:
-    """Run docjepa.train to `steps`; returns steps/s after the first (compiling) step."""
+def train(config: str, data: Path, workdir: Path, steps: int, ckpt_every: int, env: dict[str, str],
+          overrides: list[str]) -> float:
+    """Run docjepa.train to `steps` (`overrides`: "field.path=value" on top of `config`); returns
+    steps/s after the first (compiling) step."""
     cmd = [sys.executable, "-m", "docjepa.train", "--config", config, f"--workdir={workdir}",
-           f"--config.data.dir={data}", *manifest_text_flags(data), f"--config.train.steps={steps}",
-           f"--config.train.ckpt_every={ckpt_every}", "--config.train.keep=10", "--config.train.log_every=1",
-           "--config.evals.in_train=()"]
+           f"--config.data.dir={data}", *manifest_text_flags(data), *(f"--config.{item}" for item in overrides),
+           f"--config.train.steps={steps}", f"--config.train.ckpt_every={ckpt_every}", "--config.train.keep=10",
+           "--config.train.log_every=1", "--config.evals.in_train=()"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"error: {' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -114,6 +117,8 @@ def main() -> None:
     parser.add_argument("--bench_steps", type=int, default=10, help="timed steps of the step part")
     parser.add_argument("--workdir", default="", help="where the two runs go (default: a temporary folder)")
     parser.add_argument("--no_write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="config override for every part (python literal), e.g. data.batch_size=2")
     args = parser.parse_args()
     if not 0 < args.resume_at < args.steps or args.steps % args.resume_at:
         sys.exit(f"error: --resume_at: {args.resume_at} must be in (0, --steps={args.steps}) and divide it")
@@ -132,7 +137,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------ step
     t0 = time.perf_counter()
-    step = train_step.measure(config, steps=args.bench_steps, **overrides)
+    step = train_step.measure(config, steps=args.bench_steps, overrides=args.set, **overrides)
     t_step = time.perf_counter() - t0
     allocator = (device.memory_stats() or {}).get("peak_bytes_in_use") if device.platform != "cpu" else None
     print(f"step part done in {t_step:.0f} s: {({k: v for k, v in step.items() if k != 'cfg'})}, "
@@ -149,17 +154,21 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="device_check_"))
     shutil.rmtree(work / "a", ignore_errors=True)
     shutil.rmtree(work / "b", ignore_errors=True)
-    env.update(JAX_COMPILATION_CACHE_DIR=str(work / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    # The resumed run reads the first one's compiled step: from the caller's persistent compilation
+    # cache if it names one (the test suite's, shared by its runs), else from one in the workdir.
+    for key, value in (("JAX_COMPILATION_CACHE_DIR", str(work / "jax_cache")),
+                       ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                       ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")):
+        env.setdefault(key, value)
     t0 = time.perf_counter()
-    steps_per_s = train(config, data, work / "a", args.steps, args.resume_at, env)
+    steps_per_s = train(config, data, work / "a", args.steps, args.resume_at, env, args.set)
     t_train = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- resume
     (work / "b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(work / "a" / "checkpoints" / str(args.resume_at), work / "b" / "checkpoints" / str(args.resume_at))
     t0 = time.perf_counter()
-    train(config, data, work / "b", args.steps, args.resume_at, env)
+    train(config, data, work / "b", args.steps, args.resume_at, env, args.set)
     t_resume = time.perf_counter() - t0
     resume = compare(final_state(work / "a", args.steps), final_state(work / "b", args.steps))
 

@@ -18,15 +18,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: a test of a minute or more, started ahead of the others")
+
+
+def pytest_collection_modifyitems(items):
+    """Long tests first (xdist's loadgroup then hands them out right after the groups, its largest
+    units): the short ones fill in at the end, where a long one started last would leave the
+    other workers idle."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+def _run_root(tmp_path_factory):
+    """This test run's temporary root, shared by its xdist workers."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory):
     """A corpus made by the real `python -m docjepa.prepare` from 8 synthetic documents, once per
     test run: the first xdist worker to need it prepares it under a file lock, the others read it."""
     import train_utils
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # shared by the workers of this run
+    root = _run_root(tmp_path_factory)
     out = root / "synth_corpus"
     with open(root / "synth_corpus.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -37,8 +52,12 @@ def synth_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def jax_cache(tmp_path_factory):
-    """A persistent compilation cache shared by the subprocess runs of one test worker."""
-    return tmp_path_factory.mktemp("jax_cache")
+    """A persistent compilation cache shared by the subprocess runs of the whole test run: a step
+    one test compiled is read by the others on any xdist worker. (An entry read while another
+    process is still writing it fails to load with a warning and is compiled again.)"""
+    out = _run_root(tmp_path_factory) / "jax_cache"
+    out.mkdir(exist_ok=True)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +67,7 @@ def stage1_run(synth_corpus, tmp_path_factory, jax_cache):
     carried memory). Readers must not write into it (copy it first)."""
     import train_utils
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
+    root = _run_root(tmp_path_factory)
     out = root / "stage1_run"
     with open(root / "stage1_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -106,7 +106,7 @@ def test_data_streams_resplit_onto_another_process_count(tmp_path):
     assert len(read) == len(set(read)) and set(read) == set(chunks(whole))
 
 
-@pytest.mark.xdist_group("train")  # with test_train's subprocess runs: one compilation cache per worker
+@pytest.mark.xdist_group("train")  # with test_train's subprocess runs: one unit, started early (see there)
 def test_two_processes_resume_on_one(synth_corpus, tmp_path, jax_cache):
     """2 processes x 2 CPU devices train 4 steps; their checkpoint of step 2 is resumed by 1 process
     of 4 devices (the same data x 4 mesh), which takes over both processes' streams from their
@@ -160,7 +160,15 @@ def test_two_processes_resume_on_one(synth_corpus, tmp_path, jax_cache):
     assert any(r[1] > 0 for s in states(straight, 2) for r in s["rows"])  # the resume falls inside documents
     assert _ids(_take(one_process(states(resumed, 2)), 2)) == rows[2:]
 
-    # And the 2 processes resume their own run, each from its own data state.
-    outs = tu.run_processes(2, 2, tu.train_cmd(synth_corpus, straight, 6, *args), tmp_path / "logs6", jax_cache)
-    assert all("resumed from step 4" in out for out in outs)
-    assert tu.checkpoint_steps(straight) == [2, 4, 6]
+    # And 2 processes resume from the same checkpoint, each from its own data state, and end
+    # bitwise where the uninterrupted 2 processes ended (the same layout and reduction order;
+    # the same 4 steps: the straight run's compiled step, read from `jax_cache`).
+    again = tmp_path / "again"
+    shutil.copytree(straight / "checkpoints" / "2", again / "checkpoints" / "2")
+    outs = tu.run_processes(2, 2, tu.train_cmd(synth_corpus, again, 4, *args), tmp_path / "logs_again", jax_cache)
+    assert all("resumed from step 2" in out for out in outs)
+    assert states(again, 4) == states(straight, 4)
+    c = tu.load_params(again, 4)
+    assert c.keys() == a.keys()
+    for k in a:
+        np.testing.assert_array_equal(c[k], a[k], err_msg=k)

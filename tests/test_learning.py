@@ -9,6 +9,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import demo
@@ -23,6 +24,7 @@ def _window_r1(embed, params, batch) -> tuple[float, float]:
     return common.recall_at_k(img, txt, ids, ids)[1], common.chance_recall(ids, ids, 1)
 
 
+@pytest.mark.long
 def test_train_step_memorises_a_fixed_batch(synth_corpus):
     cfg = demo.get_config("quick")
     cfg.data.dir, cfg.data.max_steps, cfg.data.max_pages = str(synth_corpus), 8, 2

@@ -134,6 +134,7 @@ def test_print_mode(tmp_path, synth_corpus):
     assert bad.returncode != 0 and "error: configs/scaling.py: unknown key 'foo'" in bad.stderr
 
 
+@pytest.mark.long
 def test_local_sweep_end_to_end(tmp_path, synth_corpus, jax_cache):
     """Two sizes trained and evaluated for real, fitted; a second call finds them finished."""
     args = ["--sweep", "configs/scaling.py:size=xs+s,steps=2,batch=2,cpu", "--out", str(tmp_path),

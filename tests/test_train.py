@@ -23,9 +23,14 @@ from docjepa import sharding, state as factory, train
 from docjepa.data import pipeline
 from docjepa.data.record import decode_record, encode_record
 
-# Tests that run the entry points in subprocesses share a persistent compilation cache
-# (`jax_cache`, one per worker): they are grouped on one worker; the in-process ones spread.
+# Tests that run the entry points in subprocesses go to one worker as one unit, scheduled ahead
+# of single tests (xdist's loadgroup starts the larger units first); the in-process ones spread.
 subprocess_group = pytest.mark.xdist_group("train")
+# The NaN-guard and SIGTERM / kill -9 runs: a window budget (6 of the 8 slots of a step) and 6
+# steps. Their step is compiled once (`jax_cache`): train.steps is the lr schedule's length, a
+# constant of the compiled step.
+BUDGET_RUN = ("--config.data.window_capacity=0.75",)
+BUDGET_STEPS = 6
 
 
 def _cfg(bank: bool = False):
@@ -80,10 +85,11 @@ def _bank(dim: int, size: int = 24, seed: int = 1) -> dict[str, dict[str, np.nda
     return out
 
 
-def _one_step(cfg, mesh, batch, dim, bank=None):
+def _one_step(cfg, mesh, batch, dim, bank=None, also=None):
     """Init on `mesh`, run one jitted step; (metrics, params before, params after, shardings,
     Adam's first moment after the step = (1 - b1) x the clipped gradient, the carried memory
-    after the step) on the host.
+    after the step) on the host; with `also`, another batch of the same shapes, the metrics of
+    the same compiled step on it from the initial state, last.
     Parameters are created in the model's compute dtype when that is float64 (x64 checks)."""
     make_model = functools.partial(factory.build_model, cfg, dim, cfg.seed)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
@@ -100,7 +106,7 @@ def _one_step(cfg, mesh, batch, dim, bank=None):
 
     widen = lambda t: jax.tree.map(lambda v: v.astype(np.float64) if v.dtype == np.float32 else v, t)  # noqa: E731
     if wide:
-        batch, bank = widen(batch), widen(bank)
+        batch, bank, also = widen(batch), widen(bank), widen(also)
     if bank is not None:
         bank = jax.tree.map(lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)), bank)
     step = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh), donate_argnums=0)
@@ -108,10 +114,14 @@ def _one_step(cfg, mesh, batch, dim, bank=None):
     before = jax.device_get(state["params"])
     state, metrics = step(state, sharding.global_batch(batch, mesh), bank)
     mu = optax.tree_utils.tree_get(state["opt"], "mu")
-    return (jax.device_get(metrics), before, jax.device_get(state["params"]), state_sh, jax.device_get(mu),
-            jax.device_get(state["memory"]))
+    out = (jax.device_get(metrics), before, jax.device_get(state["params"]), state_sh, jax.device_get(mu),
+           jax.device_get(state["memory"]))
+    if also is not None:
+        out += (jax.device_get(step(init(), sharding.global_batch(also, mesh), bank)[1]),)
+    return out
 
 
+@pytest.mark.long
 def test_sharded_step_matches_single_device():
     """(data=2, fsdp=2, tensor=2) over 8 devices == 1 device, in float64; and the same with the
     ring-chunked SigLIP (`loss.chunked`: text blocks passed around the 4 batch shards, no
@@ -293,8 +303,8 @@ def _poison(src, dst):
 def test_nan_guard_stops_after_k_in_a_row(synth_corpus, tmp_path, jax_cache):
     bad = _poison(synth_corpus, tmp_path / "bad")
     wd = tmp_path / "w"
-    r = tu.run(tu.train_cmd(bad, wd, 20, "--config.train.max_nonfinite=3", "--config.train.ckpt_every=1"),
-               cache=jax_cache)
+    r = tu.run(tu.train_cmd(bad, wd, BUDGET_STEPS, *BUDGET_RUN, "--config.train.max_nonfinite=3",
+                            "--config.train.ckpt_every=1"), cache=jax_cache)
     assert r.returncode != 0
     assert "3 consecutive non-finite steps" in r.stderr.strip().splitlines()[-1]
     assert tu.checkpoint_steps(wd)  # saved along the way ...
@@ -303,23 +313,44 @@ def test_nan_guard_stops_after_k_in_a_row(synth_corpus, tmp_path, jax_cache):
 
 
 @subprocess_group
-def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
-    # Under a window budget (6 of the 8 slots of a step): rows wait and Hiera sees packed
-    # windows, and the resume still restores the streams' turn exactly.
-    args = ("--config.train.ckpt_every=2", "--config.data.window_capacity=0.75")
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    r = tu.run(tu.train_cmd(synth_corpus, straight, 6, *args), cache=jax_cache)
+def test_sigterm_and_kill9_resume_bitwise(synth_corpus, tmp_path, jax_cache):
+    """A run stopped by SIGTERM saves its current step and exits 0; resumed (profiling its first
+    two steps), then killed with SIGKILL between checkpoints and resumed again, it ends bitwise
+    where the uninterrupted run ends. Under the window budget rows wait and Hiera sees packed
+    windows, and the resumes still restore the streams' turn exactly."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    cmd = lambda wd, every, *extra: tu.train_cmd(synth_corpus, wd, BUDGET_STEPS, *BUDGET_RUN,  # noqa: E731
+                                                 f"--config.train.ckpt_every={every}", *extra)
+    r = tu.run(cmd(straight, 2), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
-    proc = subprocess.Popen(tu.train_cmd(synth_corpus, crashed, 6, *args), cwd=tu.ROOT, env=tu.env(cache=jax_cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    tu.wait_for_step(crashed, 5, proc)
+    start = lambda *args: subprocess.Popen(cmd(stopped, *args), cwd=tu.ROOT, env=tu.env(cache=jax_cache),  # noqa: E731
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    proc = start(1000)  # no periodic checkpoint: only SIGTERM saves
+    tu.wait_for_step(stopped, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    steps = tu.checkpoint_steps(stopped)
+    assert len(steps) == 1 and steps[0] < 4 and f"SIGTERM: saving step {steps[0]}" in err, err[-3000:]
+
+    first = steps[0] + 1
+    proc = start(2, f"--config.train.profile_steps=({first}, {first + 1})")
+    tu.wait_for_step(stopped, 5, proc)
     proc.kill()  # SIGKILL between the checkpoints of steps 4 and 6
-    proc.wait()
-    assert 6 not in tu.checkpoint_steps(crashed)
-    r = tu.run(tu.train_cmd(synth_corpus, crashed, 6, *args), cache=jax_cache)
-    assert r.returncode == 0 and "resumed from step" in r.stderr
+    _, err = proc.communicate(timeout=300)
+    assert f"resumed from step {steps[0]}" in err, err[-3000:]
+    assert 6 not in tu.checkpoint_steps(stopped)
+    # The resumed run profiled its first two steps and logged the input stall.
+    assert list((stopped / "profile").rglob("*.xplane.pb")), "no profiler trace written"
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    waits = [rec["data_wait_s"] for rec in records if rec.get("step") == first + 1 and "data_wait_s" in rec]
+    assert waits and 0 < waits[0] < 60
+
+    r = tu.run(cmd(stopped, 2), cache=jax_cache)
+    assert r.returncode == 0 and "resumed from step" in r.stderr, r.stderr[-3000:]
     assert "window budget: Hiera encodes 6 windows per group of 2 rows" in r.stderr
-    a, b = tu.load_params(straight, 6), tu.load_params(crashed, 6)
+    a, b = tu.load_params(straight, BUDGET_STEPS), tu.load_params(stopped, BUDGET_STEPS)
     assert a.keys() == b.keys() and "['memory']" in a  # parameters and the carried TTM memory
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -329,31 +360,8 @@ def test_kill9_resume_is_bitwise_identical(synth_corpus, tmp_path, jax_cache):
     data.dir, data.max_steps, data.max_pages = str(synth_corpus), 4, 2
     it = pipeline.make_train_iterator(data, seed=0, local_batch_size=2, process_index=0, process_count=1,
                                       budget=pipeline.window_budget(0.75, 2, 4))
-    it.set_state(tu.data_state(crashed, 4))
+    it.set_state(tu.data_state(stopped, 4))
     assert not next(it)["reset"].all()
-
-
-@subprocess_group
-def test_sigterm_saves_current_step_and_exits_zero(synth_corpus, tmp_path, jax_cache):
-    wd = tmp_path / "w"
-    proc = subprocess.Popen(tu.train_cmd(synth_corpus, wd, 1000, "--config.train.ckpt_every=1000"), cwd=tu.ROOT,
-                            env=tu.env(cache=jax_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    tu.wait_for_step(wd, 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    steps = tu.checkpoint_steps(wd)
-    assert len(steps) == 1 and 2 <= steps[0] < 1000 and f"SIGTERM: saving step {steps[0]}" in err
-    # The resumed run also profiles its two steps and logs the input stall.
-    first = steps[0] + 1
-    r = tu.run(tu.train_cmd(synth_corpus, wd, steps[0] + 2, "--config.train.ckpt_every=1000",
-                            f"--config.train.profile_steps=({first}, {first + 1})"), cache=jax_cache)
-    assert r.returncode == 0 and f"resumed from step {steps[0]}" in r.stderr, r.stderr[-3000:]
-    assert tu.checkpoint_steps(wd)[-1] == steps[0] + 2
-    assert list((wd / "profile").rglob("*.xplane.pb")), "no profiler trace written"
-    records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
-    waits = [rec["data_wait_s"] for rec in records if rec.get("step") == first + 1 and "data_wait_s" in rec]
-    assert waits and 0 < waits[0] < 60
 
 
 def test_preemption_agrees_across_processes_every_n_steps_only(monkeypatch):
@@ -381,6 +389,7 @@ def test_preemption_agrees_across_processes_every_n_steps_only(monkeypatch):
         preempt.restore_handler()
 
 
+@pytest.mark.long
 def test_grad_accumulation_keeps_the_whole_batch_negatives():
     """grad_accum=2 (GradCache) is the step of the whole batch: the same loss over all its
     negatives (window, page, document and text-bank terms; the pseudo-layout term too), the
@@ -392,8 +401,14 @@ def test_grad_accumulation_keeps_the_whole_batch_negatives():
     batch, bank = _batch(cfg, dim, seed=3), _bank(dim)
     b, s = batch["step_mask"].shape
     batch["layout_mask"] = (np.random.default_rng(4).random((b, s, 28, 28)) > 0.5).astype(np.uint8)
+    # Microbatch 0 alone: rows 2 and 3 without windows, pages or a document, so that rows 0 and 1
+    # see only each other's negatives (and the bank's).
+    alone = {k: v.copy() for k, v in batch.items()}
+    for k in ("step_mask", "window_mask", "page_mask", "doc_mask"):
+        alone[k][2:] = False
+    alone["page_ids"][2:] = -1
     mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), jax.devices()[:1])
-    whole = _one_step(cfg, mesh, batch, dim, bank)
+    whole = _one_step(cfg, mesh, batch, dim, bank, also=alone)
     cfg.optim.grad_accum = 2
     accum = _one_step(cfg, mesh, batch, dim, bank)
     for key in ("loss", "loss/window", "loss/page", "loss/doc", "loss/window_bank", "loss/layout", "grad_norm"):
@@ -403,10 +418,8 @@ def test_grad_accumulation_keeps_the_whole_batch_negatives():
     for i in (4, 5):  # tolerance: float noise relative to the largest entry of the whole tree
         scale = max(np.abs(x).max() for x in jax.tree.leaves(whole[i]))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale), accum[i], whole[i])
-    # Each microbatch alone would see half the negatives: a different loss.
-    halves = {k: v[:2] for k, v in batch.items()}
-    cfg.optim.grad_accum, cfg.data.batch_size = 1, 2
-    assert abs(float(_one_step(cfg, mesh, halves, dim, bank)[0]["loss/window"]) - float(whole[0]["loss/window"])) > 1e-3
+    # A microbatch alone would see half the negatives: a different loss.
+    assert abs(float(whole[6]["loss/window"]) - float(whole[0]["loss/window"])) > 1e-3
 
 
 def test_bfloat16_compute_keeps_float32_params():
