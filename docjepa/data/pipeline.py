@@ -361,11 +361,11 @@ class DocStreams(grain.DatasetIterator):
         """Give an idle row the next unread document of its source that has windows."""
         src = self._source_of[row]
         while src[1] < len(self._shard(src[0])) and (self._limit is None or self._emitted + queued < self._limit):
-            start = 0
+            doc, start = self._shard(src[0])[src[1]], 0
             if self._fresh[row]:  # a window drawn from the document's own augmentation seed
-                doc = self._shard(src[0])[src[1]]
                 start = int(np.random.default_rng([doc["aug_seed"], row]).integers(max(len(doc["windows"]), 1)))
             self._rows[row], src[1] = (src[1], 0, start), src[1] + src[2]
+            self._cache[self._key(row)] = self._spec.chunks(doc, start)  # the document is read once
             if self._chunks(row):  # a document without windows is skipped
                 self._fresh[row] = False
                 return
