@@ -1,5 +1,6 @@
 """prepare: end to end on synthetic documents, a bad-file zoo and TFDS; resume and determinism;
-page geometry checked against pixels, the schema gate, a missing OCR engine, the command line."""
+categories and layout sidecars of a source directory; page geometry checked against pixels, the
+schema gate, a missing OCR engine, the command line."""
 
 import json
 import logging
@@ -243,6 +244,64 @@ def test_tfds_builder_and_sources(tmp_path, encoder):
     (rec,) = _records(tmp_path / "c" / m["splits"]["train"]["files"][0])
     assert rec["category"] == "letter" and rec["category_id"] == 1
     assert "budgets" in rec["page_text"][0].lower()
+
+
+# ----------------------------------------------------------------------------- labels of a source directory
+
+# One 300 x 200 pt page with "Invoice" drawn at baseline y=100 (PDF user space, y up), and the
+# title box around it in the sidecar's units: PDF points, origin top-left.
+_LABELLED_PAGE = (b"/MediaBox [0 0 300 200]", pdf_factory.text(20, 100, "Invoice"))
+_TITLE_BOX = [10.0, 70.0, 160.0, 110.0]
+
+
+def _sidecar(*pages):
+    return json.dumps({"pages": [{"layout": [{"cls": c, "box": b} for c, b in page]} for page in pages]})
+
+
+def test_source_folders_are_categories_and_sidecars_give_layout(tmp_path, encoder):
+    src = tmp_path / "src"
+    for sub in ("invoice", "letter"):
+        (src / sub).mkdir(parents=True)
+    pdf = pdf_factory.build_pdf([_LABELLED_PAGE])
+    for name in ("invoice/a.pdf", "letter/b.pdf", "letter/bad.pdf", "loose.pdf"):
+        (src / name).write_bytes(pdf)
+    (src / "invoice/a.pdf.layout.json").write_text(_sidecar([("title", _TITLE_BOX)]))
+    (src / "letter/bad.pdf.layout.json").write_text(_sidecar([("poster", _TITLE_BOX)]))
+    manifest = prepare.prepare(_cfg(str(src)), str(tmp_path / "out"), progress=False, encoder=encoder)
+
+    assert manifest["categories"] == ["invoice", "letter"]
+    assert manifest["rejected"] == {"bad_layout_sidecar": 1} and manifest["splits"]["train"]["documents"] == 3
+    (entry,) = [json.loads(line) for line in (tmp_path / "out/rejected.jsonl").read_text().splitlines()]
+    assert entry["file"] == str(src / "letter/bad.pdf")
+    assert entry["detail"].startswith(f"{src / 'letter/bad.pdf.layout.json'}: pages[0].layout[0].cls: 'poster'")
+    recs = {r["doc_id"]: r for f in manifest["splits"]["train"]["files"] for r in _records(tmp_path / "out" / f)}
+    assert {d: (r["category"], r["category_id"]) for d, r in recs.items()} == {
+        "invoice/a.pdf": ("invoice", 0), "letter/b.pdf": ("letter", 1), "loose.pdf": ("", -1)}
+    (page,) = ocr.Document.from_json(recs["invoice/a.pdf"]["ocr_json"]).pages
+    (title,) = page.layout
+    assert title.cls == "title" and page.width == 448
+    np.testing.assert_allclose(title.box, np.asarray(_TITLE_BOX) * 448 / 300, atol=1.0)
+    (word,) = page.words  # the box is where the word is drawn: points map to the stored pixels
+    assert title.box[0] <= word.box[0] and title.box[1] <= word.box[1]
+    assert word.box[2] <= title.box[2] and word.box[3] <= title.box[3]
+    assert all(not ocr.Document.from_json(recs[d]["ocr_json"]).pages[0].layout for d in ("letter/b.pdf", "loose.pdf"))
+
+
+@pytest.mark.parametrize("text, error", [
+    ("{", "<root>: not valid JSON"),
+    ('{"boxes": []}', "boxes: unknown field"),
+    (_sidecar(), "pages: has 0 entries, the document 1 pages"),
+    (_sidecar([("title", [10, 20, 5, 30])]), "pages[0].layout[0].box: x1 < x0"),
+    (_sidecar([("title", [0, 0, 301.5, 200])]), "pages[0].layout[0].box: [0, 0, 301.5, 200] lies outside the 300.0x200.0"),
+    ('{"pages": [{"layout": [{"cls": "title"}]}]}', "pages[0].layout[0].box: expected [x0, y0, x1, y1]"),
+])
+def test_malformed_layout_sidecar_names_file_and_field(tmp_path, text, error):
+    path = tmp_path / "a.pdf.layout.json"
+    path.write_text(text)
+    doc = ocr.Document("a.pdf", "a.pdf", [ocr.Page(600, 400, 144.0, [])], source_pages=1)
+    with pytest.raises(ocr.BadDocument) as e:
+        ocr.with_layout_sidecar(doc, path, scale=2.0)
+    assert e.value.reason == "bad_layout_sidecar" and e.value.detail.startswith(f"{path}: {error}")
 
 
 # ----------------------------------------------------------------------------- page geometry

@@ -212,7 +212,7 @@ def _check_keys(obj: Any, allowed: set[str], path: str) -> None:
         raise _fail(f"{path}{extra[0]}", "unknown field (a newer schema_version?)")
 
 
-def _box(v: Any, path: str, width: int, height: int) -> Box:
+def _box(v: Any, path: str, width: float, height: float) -> Box:
     if not isinstance(v, list) or len(v) != 4 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
         raise _fail(path, f"expected [x0, y0, x1, y1] numbers, got {v!r:.60}")
     x0, y0, x1, y1 = (float(x) for x in v)
@@ -270,15 +270,54 @@ def _parse_page(obj: Any, path: str) -> Page:
                 raise _fail(f"{wp}{k}", f"expected an int >= 0, got {v!r}")
             ints.append(v)
         words.append(Word(text, _box(lists["box"][j], f"{wp}box", width, height), float(conf), *ints))
+    layout = parse_layout(_get(obj, "layout", path, list, optional=True) or [], path, width, height)
+    return Page(width=width, height=height, dpi=dpi, words=words, layout=layout)
+
+
+def parse_layout(entries: list[Any], path: str, width: float, height: float) -> list[LayoutElement]:
+    """A page's `layout` list ({"cls", "box"} objects) within a width x height page; OcrSchemaError
+    naming `path`layout[j]... Shared by the OCR JSON and the layout sidecars of a source directory."""
     layout = []
-    for j, e in enumerate(_get(obj, "layout", path, list, optional=True) or []):
+    for j, e in enumerate(entries):
         ep = f"{path}layout[{j}]."
         _check_keys(e, {"cls", "box"}, ep)
         c = _get(e, "cls", ep, str)
         if c not in LAYOUT_CLASSES:
             raise _fail(f"{ep}cls", f"{c!r} is not one of {', '.join(LAYOUT_CLASSES)}")
         layout.append(LayoutElement(c, _box(e.get("box"), f"{ep}box", width, height)))
-    return Page(width=width, height=height, dpi=dpi, words=words, layout=layout)
+    return layout
+
+
+# ----------------------------------------------------------------------------- layout sidecars
+
+
+def with_layout_sidecar(doc: Document, path: Path, scale: float) -> Document:
+    """`doc` with the layout boxes of the sidecar JSON `path`: {"pages": [{"layout": [{"cls", "box"},
+    ...]}, ...]}, one entry per page of the source file, boxes in the file's own units (PDF points,
+    image pixels; origin top-left of the page as displayed), which `scale` maps to page pixels.
+    Real documents have no layout truth otherwise; a malformed sidecar is BadDocument naming it,
+    since a document with half its labels would mislead the layout probe."""
+    try:
+        try:
+            obj = json.loads(path.read_bytes())
+        except ValueError as e:
+            raise _fail("<root>", f"not valid JSON ({e})") from None
+        _check_keys(obj, {"pages"}, "")
+        entries = _get(obj, "pages", "", list)
+        if len(entries) != (doc.source_pages or len(doc.pages)):
+            raise _fail("pages", f"has {len(entries)} entries, the document {doc.source_pages or len(doc.pages)} pages")
+        pages = []
+        for i, page in enumerate(doc.pages):
+            _check_keys(entries[i], {"layout"}, f"pages[{i}].")
+            raw = _get(entries[i], "layout", f"pages[{i}].", list)
+            layout = parse_layout(raw, f"pages[{i}].", page.width / scale, page.height / scale)
+            pages.append(dataclasses.replace(page, layout=[
+                dataclasses.replace(e, box=_scale_box(e.box, scale)) for e in layout]))
+    except OSError as e:
+        raise BadDocument("bad_layout_sidecar", f"{path}: {e.strerror or e}") from None
+    except OcrSchemaError as e:
+        raise BadDocument("bad_layout_sidecar", f"{path}: {e}") from None
+    return dataclasses.replace(doc, pages=pages)
 
 
 # ----------------------------------------------------------------------------- Tesseract
@@ -634,6 +673,11 @@ def read_document(path: str | Path, *, dpi: float = 100, max_pages: int = 32, ma
     `lang=None` reads without OCR (Tesseract missing): images are refused as no_ocr_engine.
     """
     path = Path(path)
+    return READERS[file_kind(path)](path, dpi, max_pages, max_pixels, lang)
+
+
+def file_kind(path: Path) -> str:
+    """"pdf" or "image", by magic bytes, then suffix (a key of READERS); BadDocument otherwise."""
     head = _read_head(path, 1024)
     kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
     if kind is None and b"%PDF-" in head:  # PDFs may carry junk before the header
@@ -641,4 +685,4 @@ def read_document(path: str | Path, *, dpi: float = 100, max_pages: int = 32, ma
     kind = kind or _SUFFIX.get(path.suffix.lower())
     if kind is None:
         raise BadDocument("unreadable_image", f"{path}: unknown file type")
-    return READERS[kind](path, dpi, max_pages, max_pixels, lang)
+    return kind

@@ -37,9 +37,9 @@ from docjepa.validate import ConfigError, check as check_config
 
 MANIFEST_VERSION = 1
 # Bumped when the same config would write different records (2: PDF word boxes follow
-# PDFium's render matrix, pages are schema-checked; 3: stage-2 task pairs): older shards are
-# then not resumed into.
-SHARD_FORMAT = 3
+# PDFium's render matrix, pages are schema-checked; 3: stage-2 task pairs; 4: layout sidecars of
+# source directories): older shards are then not resumed into.
+SHARD_FORMAT = 4
 SPLITS = ("train", "val")
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,14 @@ class SynthSource(Source):
         return synth.generate(item.locator, seed=self.seed, max_pages=min(4, cfg["max_pages"]), **legible)
 
 
+# A document's layout boxes, next to it in a source directory: DIR/a.pdf -> DIR/a.pdf.layout.json
+# (format: ocr.with_layout_sidecar, docs/data.md).
+LAYOUT_SIDECAR = ".layout.json"
+
+
 class DirSource(Source):
-    """A directory (searched recursively) of PDFs and page images; sub-directories are categories.
+    """A directory (searched recursively) of PDFs and page images; sub-directories are categories,
+    and a document's optional `LAYOUT_SIDECAR` JSON gives its layout boxes.
 
     Symbolic links are followed only while they stay inside the directory: a link (to a file or
     a directory) that leads out of it is listed as an item and rejected as
@@ -145,6 +151,13 @@ class DirSource(Source):
                                   f"{path} -> {os.path.realpath(path)} is outside {self._real_root}")
         doc, pages = ocr.read_document(path, dpi=cfg["dpi"], max_pages=cfg["max_pages"],
                                        max_pixels=cfg["max_pixels"], lang=cfg["ocr_lang"])
+        sidecar = path.with_name(path.name + LAYOUT_SIDECAR)
+        if sidecar.is_symlink() and not self._inside(sidecar):
+            raise ocr.BadDocument("symlink_outside_source",
+                                  f"{sidecar} -> {os.path.realpath(sidecar)} is outside {self._real_root}")
+        if sidecar.exists():
+            scale = cfg["dpi"] / 72 if ocr.file_kind(path) == "pdf" else 1.0  # PDF points / image pixels
+            doc = ocr.with_layout_sidecar(doc, sidecar, scale)
         category = item.doc_id.split("/")[0] if "/" in item.doc_id else None
         return dataclasses.replace(doc, doc_id=item.doc_id, category=category), pages
 
