@@ -181,6 +181,10 @@ def base() -> mlc.ConfigDict:
     c.evals.names = ("retrieval", "category", "layout", "prior", "memory")  # python -m docjepa.eval
     c.evals.in_train = ("retrieval",)                   # run every train.eval_every steps
     c.evals.layout_stage = 1                              # Hiera stage (0-based) for the layout probe
+    # Labels of the layout probe: "boxes" (documents' layout boxes; documents without are left
+    # out), "pseudo" (pseudo-layout regions of every document), "auto" (boxes where a document has
+    # them, pseudo-layout otherwise). Pseudo-labelled tokens are scored apart: probe/layout_pseudo/.
+    c.evals.layout_labels = "boxes"
     c.evals.batch_size = 8
     # Chunks of evaluation (0 = data.max_steps / data.max_pages): whole pages, so that page
     # embeddings pool all their windows whatever chunks training reads (evals/features.py).

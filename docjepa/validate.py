@@ -149,6 +149,7 @@ RULES: dict[str, Rule] = {
     "evals.long_doc_pages": (_pos_int, "must be a positive integer"),
     "evals.recall_max_k": (_nonneg_int, "must be a non-negative integer"),
     "evals.layout_stage": (_one_of(0, 1, 2, 3), "must be a Hiera stage index in 0..3"),
+    "evals.layout_labels": (_one_of("boxes", "pseudo", "auto"), "must be 'boxes', 'pseudo' or 'auto'"),
 }
 
 SECTIONS = {

@@ -9,7 +9,7 @@ import pytest
 
 import train_utils as tu
 from docjepa import export
-from docjepa.evals import common, features, prior, report
+from docjepa.evals import common, features, layout, prior, report
 from docjepa.data import ocr
 
 
@@ -63,6 +63,41 @@ def test_layout_labels_follow_element_boxes():
     expected[:, :2] = table  # cells with centres x in {28, 84} < 112, all rows (y < 224)
     np.testing.assert_array_equal(labels[0], expected)
     np.testing.assert_array_equal(labels[1], np.full((4, 4), para))
+
+
+def test_window_labels_come_from_boxes_or_pseudo_layout_as_configured():
+    rows = np.array([[0, 0, 0, 224, 224]])
+    boxed = ocr.Document("boxed", "test", [ocr.Page(224, 224, 96, [], [ocr.LayoutElement("table", (0, 0, 224, 224))])])
+    bare = ocr.Document("bare", "test", [ocr.Page(224, 224, 96, [])])
+    masks = np.zeros((1, 224, 224), np.uint8)
+    masks[:, :112] = 1  # the top half of the window is a pseudo-layout region
+    table = features.LAYOUT_LABELS.index("table")
+    region = np.repeat(np.array([[1], [1], [0], [0]]), 4, axis=1)
+    labels, pseudo = features.window_labels(boxed, rows, 4, "auto", masks)
+    assert not pseudo and (labels == table).all()
+    assert features.window_labels(bare, rows, 4, "boxes", None) is None  # no truth: left out, not background
+    for source, doc in (("auto", bare), ("pseudo", boxed)):
+        labels, pseudo = features.window_labels(doc, rows, 4, source, masks)
+        assert pseudo and labels.dtype == np.int32
+        np.testing.assert_array_equal(labels[0], region)
+
+
+def _layout_features(rng, pseudo):
+    """Tokens whose label is their feature's sign: separable, whichever label set they carry."""
+    x = rng.normal(size=(len(pseudo), 4))
+    empty = {name: np.zeros((0,)) for name in features.Features.__dataclass_fields__ if name != "val_loss"}
+    return features.Features(**{**empty, "layout_x": x, "layout_y": (x[:, 0] > 0).astype(np.int32),
+                                "layout_pseudo": np.asarray(pseudo)}, val_loss=0.0)
+
+
+def test_layout_probe_reports_box_and_pseudo_labels_apart():
+    rng = np.random.default_rng(0)
+    mixed = [False] * 200 + [True] * 100
+    out = layout.evaluate(_layout_features(rng, mixed), _layout_features(rng, mixed), None)
+    assert out["probe/layout/tokens_train"] == 200 and out["probe/layout_pseudo/tokens_train"] == 100
+    assert out["probe/layout/acc"] > 0.9 and out["probe/layout_pseudo/acc"] > 0.9
+    boxes_only = layout.evaluate(_layout_features(rng, [False] * 50), _layout_features(rng, [False] * 50), None)
+    assert sorted(boxes_only) == [f"probe/layout/{k}" for k in ("acc", "majority_miou", "miou", "tokens_train")]
 
 
 def test_markdown_table_has_one_row_per_metric():

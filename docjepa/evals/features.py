@@ -1,9 +1,10 @@
 """Frozen-model features over one split: the one forward pass every evaluator reads from.
 
 Evaluators declare what they need (`Needs`); the extractor computes only that, so the Hiera
-stage maps (a wider forward and per-cell layout labels from the OCR JSON) cost nothing unless
-the layout probe runs. Each record is decoded once, by `pipeline.eval_batches`, whose examples
-carry their window rows, record pages and running id.
+stage maps (a wider forward and per-cell layout labels from the OCR JSON, or from pseudo-layout
+masks per `config.evals.layout_labels`) cost nothing unless the layout probe runs. Each record
+is decoded once, by `pipeline.eval_batches`, whose examples carry their window rows, record
+pages and running id.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from flax import nnx
 from tqdm import tqdm
 
 from docjepa import objective, sharding, state as factory
-from docjepa.data import ocr, pipeline
+from docjepa.data import ocr, pipeline, pseudo_layout
 from docjepa.evals.common import normalize
 
 BACKGROUND = "background"
 LAYOUT_LABELS = (BACKGROUND,) + tuple(ocr.LAYOUT_CLASSES)
+# Classes of pseudo-layout labels (docjepa/data/pseudo_layout.py): physical regions, no types.
+PSEUDO_LABELS = (BACKGROUND, "region")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +66,8 @@ class Features:
     page_key: np.ndarray
     doc_key: np.ndarray
     layout_x: np.ndarray        # [tokens, C] Hiera stage features (empty unless Needs.layout)
-    layout_y: np.ndarray        # [tokens] layout class index (0 = background)
+    layout_y: np.ndarray        # [tokens] class index in LAYOUT_LABELS, or PSEUDO_LABELS where layout_pseudo
+    layout_pseudo: np.ndarray   # [tokens] bool: the label is a pseudo-layout cell, not a layout box's class
     page_end_trace: np.ndarray  # [n, C] the reader's state after each page's last window (Needs.trace)
     page_end_ref: np.ndarray    # [n, 2] (record_index, page) of each of those page ends
     val_loss: float
@@ -95,6 +99,19 @@ def layout_labels(doc: ocr.Document, window_rows: np.ndarray, grid: int) -> np.n
     return out
 
 
+def window_labels(doc: ocr.Document, window_rows: np.ndarray, grid: int, source: str,
+                  pseudo_masks: np.ndarray | None) -> tuple[np.ndarray, bool] | None:
+    """(per-cell labels [n, grid, grid], whether they are pseudo-layout) of a document's windows
+    under `source` (config.evals.layout_labels), or None when it gives this document no labels: a
+    document without layout boxes has no truth to score ("boxes"), and only pseudo-layout masks
+    (`pseudo_masks`: [n, W, W] per window, from the pipeline) can stand in for it."""
+    if source != "pseudo" and any(p.layout for p in doc.pages):
+        return layout_labels(doc, window_rows, grid), False
+    if source == "boxes":
+        return None
+    return pseudo_layout.cell_targets(pseudo_masks, grid).astype(np.int32), True
+
+
 def _eval_loss(loss_cfg: mlc.ConfigDict) -> mlc.ConfigDict:
     """The loss config of `val/loss`: the in-batch text terms, unchunked (eval batches are small
     and need no memory saving), without the text bank (a training-split resource), the
@@ -124,6 +141,7 @@ class FeatureExtractor:
                  layout: bool, trace: bool = False):
         cfg = eval_chunks(cfg)
         self.cfg, self.mesh, self.layout, self.trace = cfg, mesh, layout, trace
+        self.label_source = cfg.evals.get("layout_labels", "boxes")  # configs saved before the field: boxes
         stage = cfg.evals.layout_stage if layout else None
         loss_cfg = _eval_loss(cfg.loss)
         self.budget = factory.window_budget(cfg, mesh, cfg.evals.batch_size)
@@ -161,10 +179,13 @@ class FeatureExtractor:
         rng = np.random.default_rng(0)
         parse = functools.lru_cache(maxsize=1)(ocr.Document.from_json)  # a record's chunks share its JSON
         n_proc, p_idx = jax.process_count(), jax.process_index()
+        # Pseudo-layout masks at full window resolution; cut to the stage map's cells below.
+        mask_grid = pipeline.read_manifest(data_dir)["window"] if self.layout and self.label_source != "boxes" else 0
         batches = pipeline.eval_batches(
             data_dir, split, batch_size=self.cfg.evals.batch_size, max_steps=self.cfg.data.max_steps,
             max_pages=self.cfg.data.max_pages, min_words=self.cfg.data.min_words,
-            center=self.cfg.data.center_targets, max_examples=max_examples, with_ocr=self.layout, budget=self.budget)
+            center=self.cfg.data.center_targets, max_examples=max_examples, with_ocr=self.layout,
+            layout_grid=mask_grid, budget=self.budget)
         memory = self._start_memory(params)
         for batch in tqdm(batches, desc=desc, disable=not sys.stderr.isatty()):
             local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in factory.STEP_FIELDS}
@@ -205,13 +226,18 @@ class FeatureExtractor:
             grid = out["stage"].shape[2]
             for b in np.flatnonzero(ex):
                 n = int(batch["step_mask"][b].sum())
-                labels = layout_labels(parse(batch["ocr_json"][b]), batch["window_rows"][b, :n], grid)
+                labelled = window_labels(parse(batch["ocr_json"][b]), batch["window_rows"][b, :n], grid,
+                                         self.label_source, batch["layout_mask"][b, :n] if mask_grid else None)
+                if labelled is None:
+                    continue
+                labels, pseudo = labelled
                 feats = out["stage"][b, :n]
                 flat_x = feats.reshape(-1, feats.shape[-1])
                 flat_y = labels.reshape(-1)
                 take = rng.choice(len(flat_y), size=min(len(flat_y), layout_tokens_per_window * n), replace=False)
                 cols["layout_x"].append(flat_x[take])
                 cols["layout_y"].append(flat_y[take])
+                cols["layout_pseudo"].append(np.full(len(take), pseudo))
         cat = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in cols.items()}
         for k in ("window_txt", "page_txt", "doc_txt"):
             if len(cat[k]):
