@@ -148,7 +148,7 @@ def compile_step(cfg: mlc.ConfigDict, embed_dim: int, mesh: jax.sharding.Mesh, b
 
     @functools.partial(jax.jit, out_shardings=state_sh)
     def init_state():
-        return factory.init_train_state(make_model(), tx, cfg.data.batch_size)
+        return factory.init_train_state(make_model(), tx, cfg.data.batch_size, cfg.data.stream_groups)
 
     step_fn = jax.jit(train.make_train_step(graphdef, tx, schedule, cfg, mesh),
                       in_shardings=(state_sh, {k: sharding.batch_sharding(mesh, 1) for k in batch},

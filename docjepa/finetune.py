@@ -253,14 +253,10 @@ def main(argv: list[str]) -> None:
         cli.usage_error(e)
 
     # -------------------------------------------------------------------- mesh
-    sharding.maybe_initialize_distributed()
-    mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.mesh_dcn)
-    if cfg.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]) or cfg.data.batch_size % jax.process_count():
-        cli.usage_error(f"config.data.batch_size: {cfg.data.batch_size} does not split over the mesh's batch shards "
-                        f"and {jax.process_count()} processes")
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    try:
+        mesh = sharding.run_mesh(cfg, workdir)
+    except ValueError as e:
+        cli.usage_error(e)
 
     # ------------------------------------------------------- model, optimizer
     try:

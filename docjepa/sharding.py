@@ -231,6 +231,22 @@ def state_shardings(state: Any, mesh: Mesh, table: Rules = LOGICAL_AXIS_RULES) -
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def run_mesh(cfg: Any, workdir: Any) -> Mesh:
+    """A training entry point's mesh (`cfg.mesh`, `cfg.mesh_dcn`, after the multi-host start),
+    once `cfg.data.batch_size` is known to split over its batch shards and the processes; process
+    0 writes the run's config.json into `workdir`. ValueError names what does not fit."""
+    maybe_initialize_distributed()
+    mesh = make_mesh(cfg.mesh, dcn=cfg.mesh_dcn)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.data.batch_size % shards or cfg.data.batch_size % jax.process_count():
+        raise ValueError(f"config.data.batch_size: {cfg.data.batch_size} is not divisible by the {shards} batch "
+                         f"shards of the mesh and {jax.process_count()} processes")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    return mesh
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Leading (batch) dimension over data x fsdp, the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

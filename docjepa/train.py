@@ -175,18 +175,10 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
 
     # -------------------------------------------------------------------- mesh
-    sharding.maybe_initialize_distributed()
     try:
-        mesh = sharding.make_mesh(cfg.mesh, dcn=cfg.mesh_dcn)
+        mesh = sharding.run_mesh(cfg, workdir)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if cfg.data.batch_size % n_batch_shards or cfg.data.batch_size % jax.process_count():
-        sys.exit(f"error: config.data.batch_size: {cfg.data.batch_size} is not divisible by the "
-                 f"{n_batch_shards} batch shards of the mesh and {jax.process_count()} processes")
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, jax.process_count())
 
     # -------------------------------------------------------------------- data
