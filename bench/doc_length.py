@@ -92,7 +92,7 @@ def run_one(config: str, data: str, mode: str) -> dict:
         state = factory.init_train_state(make_model(), tx, 1)
         it = pipeline.make_train_iterator(cfg.data, seed=0, local_batch_size=1, process_index=0, process_count=1,
                                           num_epochs=1)
-        batches = ({k: b[k] for k in factory.STEP_FIELDS} for b in it)  # one batch alive at a time
+        batches = ({k: b[k] for k in factory.step_fields(cfg)} for b in it)  # one batch alive at a time
         first = next(batches)
         compiled = step.lower(state, first).compile()
         for b in itertools.chain([first], batches):

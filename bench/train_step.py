@@ -85,7 +85,7 @@ def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0,
                  budget: pipeline.Budget | None = None) -> dict[str, np.ndarray]:
     """A full batch of the pipeline's step fields: every step valid, pages in order, distinct
     texts; under a window `budget`, the first `budget.windows` slots of each group of rows; the
-    fields the active loss terms add (pseudo-layout cells: 0/1 at random)."""
+    fields the active loss terms add (pseudo-layout cells: 0/1 at random; every document known)."""
     rng = np.random.default_rng(seed)
     b, s, p, w = cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages, cfg.prepare.window
     page_ids = np.broadcast_to(np.arange(s) * p // s, (b, s)).astype(np.int32)
@@ -94,7 +94,8 @@ def random_batch(cfg: mlc.ConfigDict, embed_dim: int, seed: int = 0,
         step_mask = (np.arange(budget.rows * s) < budget.windows).reshape(budget.rows, s)
         step_mask = np.tile(step_mask, (b // budget.rows, 1))
     g = cfg.data.layout_grid
-    extra = {"layout_mask": lambda: (rng.random((b, s, g, g)) < 0.4).astype(np.uint8)}
+    extra = {"layout_mask": lambda: (rng.random((b, s, g, g)) < 0.4).astype(np.uint8),
+             "doc_known": lambda: np.ones((b,), bool)}
     return {
         **{name: extra[name]() for name in objective.batch_fields(cfg.loss)},
         "patches": rng.integers(0, 256, (b, s, w, w, 3), dtype=np.uint8),

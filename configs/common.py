@@ -93,6 +93,9 @@ def base() -> mlc.ConfigDict:
     c.loss.window_weight = 1.0
     c.loss.page_weight = 1.0
     c.loss.doc_weight = 1.0              # document (TTM memory) <-> mean of its page texts
+    # The same document target after every chunk of the document, not only its last (what has
+    # been read so far <-> the whole text): a training signal for the memory's write at every step.
+    c.loss.doc_running_weight = 0.0
     # SelfDocSeg's dense signal (data/pseudo_layout.py): a focal-loss classifier of pseudo-layout
     # regions on each token of Hiera stage `model.layout_stage`, whose map has `data.layout_grid`
     # cells per window side (224 / (4 * 2**stage) for the registered sizes). 0 = off.

@@ -204,7 +204,7 @@ def forward_flops(cfg: mlc.ConfigDict, embed_dim: int, batch: int, steps: int,
         out.update(byol_flops(model, cfg.loss))
     items = {"window": patches, "page": batch * pages, "doc": batch}
     for name in objective.active_terms(cfg.loss):
-        level = name.removeprefix("loss/").removesuffix("_bank")
+        level = name.removeprefix("loss/").removesuffix("_bank").removesuffix("_running")
         if name in ("loss/layout", "loss/flip", "loss/sort", "loss/variance", "loss/byol"):  # elementwise: no products
             continue
         if name.endswith("_bank"):

@@ -77,6 +77,13 @@ def _doc(model, out, batch, cfg, mesh, bank):
     return _siglip("doc", out["doc"], batch, batch["doc_mask"], model.doc_scale, cfg, mesh)
 
 
+def _doc_running(model, out, batch, cfg, mesh, bank):
+    """The document's target scored after every chunk, not only its last: what the memory holds
+    so far is aligned with the whole document's text, so the write path learns from every step of
+    every stream (about one row in thirty ends a document in the demo's one-window steps)."""
+    return _siglip("doc", out["doc"], batch, batch["doc_known"], model.doc_scale, cfg, mesh)
+
+
 def _layout(model, out, batch, cfg, mesh, bank):
     """Focal loss of the layout head's logits against the pseudo-layout cells (SelfDocSeg),
     over the real windows of the batch."""
@@ -171,6 +178,7 @@ TERMS: dict[str, Term] = {
     "loss/window": Term("window_weight", _window),   # window embedding <-> text under the window
     "loss/page": Term("page_weight", _page),         # page embedding <-> text of the page
     "loss/doc": Term("doc_weight", _doc),            # memory at a document's end <-> mean of its page texts
+    "loss/doc_running": Term("doc_running_weight", _doc_running, ("doc_known",)),  # ... after every chunk
     "loss/layout": Term("layout_weight", _layout, ("layout_mask",)),  # pseudo-layout regions per token of a Hiera stage
     "loss/byol": Term("byol_weight", _byol, ("layout_mask",)),  # region vectors of two views agree (BYOL)
     "loss/flip": Term("flip_weight", _pretext("flip")),  # which flips were applied to a window

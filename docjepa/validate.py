@@ -101,6 +101,7 @@ RULES: dict[str, Rule] = {
     "loss.window_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.page_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.doc_weight": (_nonneg_float, "must be a finite number >= 0"),
+    "loss.doc_running_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.layout_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.flip_weight": (_nonneg_float, "must be a finite number >= 0"),
     "loss.sort_weight": (_nonneg_float, "must be a finite number >= 0"),

@@ -37,7 +37,7 @@ def test_train_step_memorises_a_fixed_batch(synth_corpus):
     pool = next(pipeline.eval_batches(cfg.data.dir, "train", batch_size=64, max_steps=8, max_pages=2,
                                       min_words=cfg.data.min_words, center=True, max_examples=64))
     first = np.flatnonzero((pool["chunk_index"] == 0) & pool["example_mask"])[: cfg.data.batch_size]
-    batch = {k: pool[k][first] for k in factory.STEP_FIELDS}
+    batch = {k: pool[k][first] for k in factory.step_fields(cfg)}
     # Overlapping windows of legible text can hold nearly the same words (target cosine up to
     # 0.998 with another window's, under another text id): no embedding can tell those apart,
     # so a window whose target is that close to an earlier one's leaves the batch.

@@ -17,7 +17,8 @@ def _cfg():
     cfg.data.batch_size, cfg.data.max_steps, cfg.data.max_pages = 2, 3, 2
     cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.num_layers = 8, 2, 1
     cfg.model.hiera.overrides.embed_dim = 8
-    cfg.loss.window_bank_weight = cfg.loss.page_bank_weight = 0.0  # in-batch terms; the bank's: test_bank.py
+    # In-batch terms at the end of documents; the bank's: test_bank.py; the running one's: below.
+    cfg.loss.window_bank_weight = cfg.loss.page_bank_weight = cfg.loss.doc_running_weight = 0.0
     return cfg
 
 
@@ -98,6 +99,27 @@ def test_doc_term_trains_the_memory_and_only_it_when_alone():
     norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))  # noqa: E731
     assert norm(grads["ttm"]["memory_init"]) > 0 and norm(grads["doc_head"]) > 0
     assert norm(grads["window_head"]) == 0 and norm(grads["page_head"]) == 0
+
+
+def test_running_doc_term_scores_every_known_chunk():
+    """`loss.doc_running_weight` scores the document target after every chunk whose document has
+    one (`doc_known`), wherever the document ends: the end-of-document term on those rows."""
+    cfg = _cfg()
+    model = factory.build_model(cfg, 16, 0)
+    out = _forward(model, *_inputs())
+    rng = np.random.default_rng(4)
+    batch = {"doc_emb": rng.normal(size=(2, 16)).astype(np.float32), "doc_mask": np.zeros((2,), bool),
+             "doc_known": np.ones((2,), bool)}
+    cfg.loss.window_weight = cfg.loss.page_weight = 0.0
+    cfg.loss.doc_weight, cfg.loss.doc_running_weight = 0.0, 1.0
+    _, running = objective.loss_terms(model, out, batch, cfg.loss)
+    cfg.loss.doc_weight, cfg.loss.doc_running_weight = 1.0, 0.0
+    _, end = objective.loss_terms(model, out, {**batch, "doc_mask": batch["doc_known"]}, cfg.loss)
+    assert set(running) == {"loss/doc_running"} and float(running["loss/doc_running"]) > 0
+    np.testing.assert_allclose(float(running["loss/doc_running"]), float(end["loss/doc"]), rtol=1e-6)
+    cfg.loss.doc_weight, cfg.loss.doc_running_weight = 0.0, 1.0
+    _, none = objective.loss_terms(model, out, {**batch, "doc_known": np.zeros((2,), bool)}, cfg.loss)
+    assert float(none["loss/doc_running"]) == 0  # no document with a target: nothing scored
 
 
 def test_zero_weight_terms_are_not_traced(monkeypatch):

@@ -69,7 +69,7 @@ def test_pretext_terms_are_the_cross_entropy_of_their_heads_and_train_hiera():
         mdl = nnx.merge(graphdef, params)
         out = mdl.pretexts(jnp.asarray(patches), jnp.asarray(step_mask), key)
         lcfg = cfg.loss.copy_and_resolve_references()
-        lcfg.window_weight = lcfg.page_weight = lcfg.doc_weight = 0.0
+        lcfg.window_weight = lcfg.page_weight = lcfg.doc_weight = lcfg.doc_running_weight = 0.0
         return objective.loss_terms(mdl, out, {}, lcfg)[0], out
 
     (total, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, jax.random.key(3))

@@ -96,7 +96,7 @@ def test_fsdp_step_gathers_weights_reduces_gradients_and_moves_no_activations():
               "window_mask": ((b, s), bool), "window_text_id": ((b, s), np.int32), "page_emb": ((b, p, dim), np.float32),
               "page_mask": ((b, p), bool), "page_text_id": ((b, p), np.int32), "record_index": ((b,), np.int32),
               "window_rows": ((b, s, 5), np.int32), "page_index": ((b, p), np.int32), "doc_emb": ((b, dim), np.float32),
-              "doc_mask": ((b,), bool), "reset": ((b,), bool)}
+              "doc_mask": ((b,), bool), "doc_known": ((b,), bool), "reset": ((b,), bool)}
     assert set(shapes) == set(factory.step_fields(cfg))
     batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
              for k, (shape, dt) in shapes.items()}

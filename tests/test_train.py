@@ -66,6 +66,7 @@ def _batch(cfg, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
         "page_index": np.broadcast_to(np.arange(p, dtype=np.int32), (b, p)).copy(),
         "doc_emb": rng.normal(size=(b, dim)).astype(np.float32),
         "doc_mask": np.array([False, True, True, True])[:b],  # row 0's document goes on
+        "doc_known": np.ones((b,), bool),                      # every document has a target (running term)
         "reset": np.array([True, False, True, True])[:b],     # row 1 continues a document
     }
 

@@ -165,6 +165,7 @@ class _Spec:
             "page_text_id": np.full((p,), -1, np.int32),
             "doc_emb": np.zeros((d,), np.float32),         # the whole document's target
             "doc_mask": np.bool_(False),                   # the document ends here and has a target
+            "doc_known": np.bool_(False),                  # the document has a target (any chunk)
             "reset": np.bool_(True),                       # start from memory_init (a new document)
             "doc_end": np.bool_(False),                    # the document's last window is in this chunk
             "doc_pages": np.int32(0),                      # pages in the whole document
@@ -188,17 +189,18 @@ class _Spec:
     def chunks(self, doc: dict[str, Any], start: int = 0) -> list[dict[str, Any]]:
         """One light element per chunk: window range plus the PNGs of its pages. With `start`,
         the document is read from its window `start` on (a staggered stream's first document,
-        `DocStreams`): its memory misses the beginning, so it has no document target."""
+        `DocStreams`): its memory misses the beginning, so its last chunk carries no end-of-document
+        target (`doc_mask`); the running term (`doc_known`) still scores it."""
         windows = doc["windows"]
         plan = [(a + start, b + start) for a, b in plan_chunks(windows[start:, 0], self.max_steps, self.max_pages)]
-        target = self.doc_target(doc) if start == 0 else (np.zeros(self.dim, np.float32), False)
+        target = self.doc_target(doc)
         out = []
         for k, (s, e) in enumerate(plan):
             first, last = int(windows[s, 0]), int(windows[e - 1, 0])
             out.append({
                 "doc": doc, "start": s, "end": e, "first_page": first,
                 "pngs": doc["pages_png"][first : last + 1], "chunk_index": k,
-                "last": k == len(plan) - 1, "target": target,
+                "last": k == len(plan) - 1, "target": target, "whole": start == 0,
             })
         return out
 
@@ -238,7 +240,8 @@ class _Spec:
         ex["reset"] = np.bool_(chunk["chunk_index"] == 0)
         ex["doc_end"] = np.bool_(chunk["last"])
         ex["doc_emb"][:], has_target = chunk["target"]
-        ex["doc_mask"] = np.bool_(chunk["last"] and has_target)
+        ex["doc_mask"] = np.bool_(chunk["last"] and has_target and chunk["whole"])
+        ex["doc_known"] = np.bool_(has_target)
         ex["doc_pages"] = np.int32(len(doc["pages_png"]))
         ex["category_id"] = np.int32(doc["category_id"])
         ex["record_index"] = np.int32(doc["record_index"])

@@ -144,6 +144,7 @@ class FeatureExtractor:
         self.label_source = cfg.evals.get("layout_labels", "boxes")  # configs saved before the field: boxes
         stage = cfg.evals.layout_stage if layout else None
         loss_cfg = _eval_loss(cfg.loss)
+        self.fields = factory.STEP_FIELDS + objective.batch_fields(loss_cfg)  # what `val/loss` reads
         self.budget = factory.window_budget(cfg, mesh, cfg.evals.batch_size)
 
         table = sharding.config_rules(cfg)
@@ -188,7 +189,7 @@ class FeatureExtractor:
             layout_grid=mask_grid, budget=self.budget)
         memory = self._start_memory(params)
         for batch in tqdm(batches, desc=desc, disable=not sys.stderr.isatty()):
-            local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in factory.STEP_FIELDS}
+            local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in self.fields}
             out, memory = self.forward(params, sharding.global_batch(local, self.mesh), memory)
             out = jax.device_get(out)
             ex = batch["example_mask"]
