@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+import warnings
 from typing import Any
 
 from etils import epath
@@ -19,6 +20,11 @@ import numpy as np  # noqa: E402
 from docjepa.data import pipeline  # noqa: E402
 from docjepa.evals.common import chance_recall, recall_curve  # noqa: E402
 from docjepa.evals.features import Features  # noqa: E402
+
+# The retrieval grid prints page texts in DejaVu Sans Mono, which has no CJK or Thai glyphs:
+# matplotlib warns once per missing glyph (hundreds per real corpus) and draws a box, as intended.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning,
+                        module=__name__)
 
 
 def markdown_table(runs: dict[str, dict[str, float]]) -> str:
