@@ -1,4 +1,4 @@
-"""CPU demo: a tiny Hiera + TTM trained on a synthetic corpus in about ten minutes.
+"""CPU demo: a tiny Hiera + TTM trained on a synthetic corpus (300 steps, about 8 minutes on 2 cores: README).
 
     python -m docjepa.train --config configs/demo.py --workdir runs/demo
     python -m docjepa.train --config configs/demo.py:quick ...   # a few steps, for smoke tests
