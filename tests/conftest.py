@@ -12,6 +12,10 @@ if "xla_force_host_platform_device_count" not in _flags:
 # floating-point arithmetic); only the many-step memorisation test runs slower.
 if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
+# xdist runs one worker per core: XLA's Eigen thread pool of one core each keeps two workers
+# (and their subprocess runs) from spinning on each other's cores.
+if "xla_cpu_multi_thread_eigen" not in _flags:
+    _flags += " --xla_cpu_multi_thread_eigen=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -26,7 +26,8 @@ def env(devices: int = 1, cache: Path | None = None) -> dict[str, str]:
     e.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
     # The runs here take a few steps each, so XLA:CPU's compile time is most of their cost; LLVM
     # without its optimisation passes compiles in two thirds of the time (a 2-step run: 48 -> 34 s).
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+                      " --xla_cpu_multi_thread_eigen=false")  # one core each: conftest.py
     if cache is not None:  # compiled steps are reused by the restart runs of a test
         e.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
