@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger("docjepa.sharding")
@@ -262,3 +262,44 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
         k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
         for k, v in local.items()
     }
+
+
+def local_rows(tree: Any, mesh: Mesh) -> Any:
+    """The inverse of `global_batch`: this process's rows of arrays sharded over the batch axes,
+    as numpy, read from its own devices (no collective, nothing of the other hosts' rows)."""
+    return jax.device_get(multihost_utils.global_array_to_host_local_array(tree, mesh, P(BATCH_AXES)))
+
+
+# Bytes per collective in `gather_pieces`: process_allgather puts its input on every local device
+# and the gathered result beside it, so one buffer of a whole evaluation could crowd an accelerator.
+_GATHER_BYTES = 1 << 28
+
+
+def gather_pieces(pieces: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each column's pieces from every process, concatenated piece by piece in process order
+    (piece 0 of process 0, piece 0 of process 1, ..., then piece 1): for one piece per batch of
+    each process's own rows, the order of one process that read the whole global batches.
+
+    Pieces differ in length across processes; every process must hold the same columns, each
+    with as many pieces and one trailing shape and dtype. The lengths are gathered first, then
+    all columns as one byte buffer padded to the longest process's, so any dtype (64-bit
+    included) arrives unchanged. With one process: a concatenation, no collective."""
+    if jax.process_count() == 1 or not pieces:
+        return {k: np.concatenate(v) for k, v in pieces.items()}
+    names = sorted(pieces)
+    local = [np.ascontiguousarray(np.concatenate(pieces[k])) for k in names]
+    counts = multihost_utils.process_allgather(np.array([[len(p) for p in pieces[k]] for k in names], np.int32))
+    row_bytes = np.array([x.dtype.itemsize * int(np.prod(x.shape[1:])) for x in local])
+    sizes = counts.sum(2) * row_bytes  # [process, column] bytes
+    buf = np.zeros(sizes.sum(1).max(), np.uint8)
+    flat = np.concatenate([x.reshape(-1).view(np.uint8) for x in local])
+    buf[:flat.size] = flat
+    every = np.concatenate([multihost_utils.process_allgather(buf[i:i + _GATHER_BYTES])
+                            for i in range(0, len(buf), _GATHER_BYTES)] or [np.zeros((len(counts), 0), np.uint8)], 1)
+    out: dict[str, list[list[np.ndarray]]] = {k: [] for k in names}
+    for p, row in enumerate(every):
+        ends = np.cumsum(sizes[p])
+        for c, (k, x) in enumerate(zip(names, local)):
+            col = row[ends[c] - sizes[p, c]:ends[c]].view(x.dtype).reshape(-1, *x.shape[1:])
+            out[k].append(np.split(col, np.cumsum(counts[p, c])[:-1]))
+    return {k: np.concatenate([piece for step in zip(*out[k]) for piece in step]) for k in names}

@@ -1,16 +1,23 @@
-"""Evaluation: metric code on hand-computed cases, layout labels, and the CLI end to end."""
+"""Evaluation: metric code on hand-computed cases, layout labels, features on a mesh and across
+processes, and the CLI end to end."""
 
+import dataclasses
+import functools
 import json
 import shutil
 import sys
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import train_utils as tu
-from docjepa import export
+from configs import demo
+from docjepa import export, sharding, state as factory
 from docjepa.evals import common, features, layout, prior, report
-from docjepa.data import ocr
+from docjepa.data import ocr, pipeline
 
 
 def _unit(x):
@@ -134,6 +141,85 @@ def test_layout_key_separates_category_first_page_and_cell():
     assert len(set(keys.tolist())) == 4
     assert features.layout_key(np.array([1]), np.array([0]), box[:1]) == keys[0]
     assert features.layout_key(np.array([1, 1]), np.array([2, 5])).tolist() == [2, 2]  # pages after the first
+
+
+def _tiny_features(data_dir, sizes, devices=None) -> features.Features:
+    """Every column (layout tokens and page-end trace included) of a random-initialised tiny model
+    over the first 8 chunks of `data_dir`'s train split, 4 rows a batch, on a (data, fsdp, tensor)
+    mesh of `sizes`."""
+    cfg = demo.get_config("quick")
+    cfg.data.dir, cfg.evals.batch_size = str(data_dir), 4
+    cfg.model.hiera.overrides.embed_dim = 8
+    cfg.model.ttm.memory_size, cfg.model.ttm.num_read, cfg.model.ttm.num_layers = 8, 2, 1
+    mesh = sharding.make_mesh(tuple(zip(sharding.MESH_AXES, sizes)), devices)
+    dim = factory.embed_dim_of(cfg, pipeline.read_manifest(data_dir))
+    make_model = functools.partial(factory.build_model, cfg, dim, 0)
+    graphdef, abstract = nnx.split(nnx.eval_shape(make_model), nnx.Param)
+    param_sh = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
+    params = jax.device_put(jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))), param_sh)
+    extract = features.FeatureExtractor(cfg, graphdef, mesh, param_sh, layout=True, trace=True)
+    return extract(params, str(data_dir), "train", 8)
+
+
+def _two_process_main(data_dir: str, out: str) -> None:
+    """Run by each process of the two-process test: its Features, as every host ends with them."""
+    sharding.maybe_initialize_distributed()
+    feats = _tiny_features(data_dir, (2, 1, 2))  # one batch shard per process, tensor over its 2 devices
+    np.savez(Path(out) / f"process_{jax.process_index()}.npz", **dataclasses.asdict(feats))
+
+
+def _assert_same_features(got: dict, want: dict) -> None:
+    """Item for item: ids, keys, labels, refs and texts exactly; model outputs to float32 rounding
+    (another mesh sums over its devices in another order)."""
+    assert got.keys() == want.keys()
+    for name, y in want.items():
+        x = got[name]
+        assert np.shape(x) == np.shape(y) and np.asarray(x).dtype == np.asarray(y).dtype, name
+        if name in ("window", "page", "doc", "layout_x", "page_end_trace", "val_loss"):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_device_features(synth_corpus):
+    return _tiny_features(synth_corpus, (1, 1, 1), jax.devices()[:1])
+
+
+@pytest.mark.xdist_group("eval_sharded")  # with the two-process test: one `one_device_features`
+def test_eval_outputs_stay_sharded_and_match_one_device(synth_corpus, one_device_features, monkeypatch):
+    """On 8 devices (2 x 2 batch shards, tensor 2) the forward's outputs, stage maps included,
+    come back split over the batch, not replicated, and each is read back as this process's rows;
+    the Features equal those of one device."""
+    seen = {}
+    read = sharding.local_rows
+
+    def spy(tree, mesh):
+        seen.update(tree)
+        return read(tree, mesh)
+
+    monkeypatch.setattr(sharding, "local_rows", spy)
+    got = _tiny_features(synth_corpus, (2, 2, 2))
+    assert sorted(seen) == ["doc", "page", "stage", "trace", "window"]
+    for name, x in seen.items():
+        rows = sharding.batch_sharding(x.sharding.mesh, x.ndim)
+        assert x.sharding.is_equivalent_to(rows, x.ndim) and not x.sharding.is_fully_replicated, name
+    assert len(got.layout_x) and len(got.page_end_trace)
+    _assert_same_features(dataclasses.asdict(got), dataclasses.asdict(one_device_features))
+
+
+@pytest.mark.long
+@pytest.mark.xdist_group("eval_sharded")
+def test_two_processes_each_evaluate_their_rows_to_the_same_features(synth_corpus, one_device_features, tmp_path):
+    """2 processes x 2 CPU devices (gloo): each reads back and labels only its half of every batch,
+    then the columns are gathered; both end with the Features of one process on one device, in
+    its order (batch by batch), layout tokens sampled alike."""
+    code = "import sys; sys.path.insert(0, 'tests'); import test_eval; test_eval._two_process_main(*sys.argv[1:])"
+    tu.run_processes(2, 2, [sys.executable, "-c", code, str(synth_corpus), str(tmp_path)], tmp_path / "logs")
+    want = dataclasses.asdict(one_device_features)
+    for p in range(2):
+        with np.load(tmp_path / f"process_{p}.npz") as got:
+            _assert_same_features({k: got[k] for k in got.files}, want)
 
 
 @pytest.mark.xdist_group("eval")  # with test_eval_restore.py: the eval runs share `jax_cache`

@@ -5,6 +5,10 @@ stage maps (a wider forward and per-cell layout labels from the OCR JSON, or fro
 masks per `config.evals.layout_labels`) cost nothing unless the layout probe runs. Each record
 is decoded once, by `pipeline.eval_batches`, whose examples carry their window rows, record
 pages and running id.
+
+Every process reads the same batches and feeds its own rows; the forward's outputs stay split over
+the batch, each process builds the columns of its rows only, and the columns are gathered once at
+the end (`sharding.gather_pieces`), so every process ends with the Features of one process.
 """
 
 from __future__ import annotations
@@ -159,11 +163,14 @@ class FeatureExtractor:
             keep = {k: out[k] for k in ("window", "page", "doc", "trace") if k in out}
             if layout:
                 keep["stage"] = out["stage"].astype(jnp.float32)
-            return keep | {"loss": loss}, out.get("memory")
+            return keep, loss, out.get("memory")
 
+        # Outputs stay split over the batch like the inputs, and each process reads back its own rows:
+        # replicated, a Hiera-B eval batch's stage-1 maps (64 x 64 windows of 28 x 28 x 192 float32)
+        # would put 2.5 GB on every device and host.
         rows = sharding.batch_sharding(mesh, 1)
         self.forward = jax.jit(forward, in_shardings=(param_sh, rows, rows),
-                               out_shardings=(sharding.replicated(mesh), rows))
+                               out_shardings=(rows, sharding.replicated(mesh), rows))
 
     def _start_memory(self, params: Any) -> jax.Array | None:
         """A placeholder carry for the first batch (every row of it begins a document or is
@@ -177,7 +184,6 @@ class FeatureExtractor:
                  layout_tokens_per_window: int = 64, desc: str = "eval") -> Features:
         cols: dict[str, list[np.ndarray]] = {k: [] for k in Features.__dataclass_fields__ if k != "val_loss"}
         losses: list[float] = []
-        rng = np.random.default_rng(0)
         parse = functools.lru_cache(maxsize=1)(ocr.Document.from_json)  # a record's chunks share its JSON
         n_proc, p_idx = jax.process_count(), jax.process_index()
         # Pseudo-layout masks at full window resolution; cut to the stage map's cells below.
@@ -188,13 +194,16 @@ class FeatureExtractor:
             center=self.cfg.data.center_targets, max_examples=max_examples, with_ocr=self.layout,
             layout_grid=mask_grid, budget=self.budget)
         memory = self._start_memory(params)
-        for batch in tqdm(batches, desc=desc, disable=not sys.stderr.isatty()):
-            local = {k: np.array_split(batch[k], n_proc)[p_idx] for k in self.fields}
-            out, memory = self.forward(params, sharding.global_batch(local, self.mesh), memory)
-            out = jax.device_get(out)
+        for step, batch in enumerate(tqdm(batches, desc=desc, disable=not sys.stderr.isatty())):
+            rows = np.array_split(np.arange(len(batch["example_mask"])), n_proc)[p_idx]  # this process's rows
+            any_example = batch["example_mask"].any()
+            batch = {k: v[rows] for k, v in batch.items()}  # from here on, this process's rows only
+            inputs = sharding.global_batch({k: batch[k] for k in self.fields}, self.mesh)
+            out, loss, memory = self.forward(params, inputs, memory)
+            if any_example:
+                losses.append(float(loss))
+            out = sharding.local_rows(out, self.mesh)
             ex = batch["example_mask"]
-            if ex.any():
-                losses.append(float(out["loss"]))
             wm = batch["window_mask"] & ex[:, None]
             pm = batch["page_mask"] & ex[:, None]
             category = batch["category_id"]
@@ -224,22 +233,31 @@ class FeatureExtractor:
                                                       batch["window_rows"][..., 0]], -1)[ends])
             if not self.layout:
                 continue
-            grid = out["stage"].shape[2]
+            stage = out["stage"]
+            # One piece per batch, even an empty one: processes gather their columns piece by piece.
+            xs, ys = [np.zeros((0, stage.shape[-1]), stage.dtype)], [np.zeros(0, np.int32)]
+            pseudos = [np.zeros(0, bool)]
             for b in np.flatnonzero(ex):
                 n = int(batch["step_mask"][b].sum())
-                labelled = window_labels(parse(batch["ocr_json"][b]), batch["window_rows"][b, :n], grid,
+                labelled = window_labels(parse(batch["ocr_json"][b]), batch["window_rows"][b, :n], stage.shape[2],
                                          self.label_source, batch["layout_mask"][b, :n] if mask_grid else None)
                 if labelled is None:
                     continue
                 labels, pseudo = labelled
-                feats = out["stage"][b, :n]
-                flat_x = feats.reshape(-1, feats.shape[-1])
+                flat_x = stage[b, :n].reshape(-1, stage.shape[-1])
                 flat_y = labels.reshape(-1)
+                # Seeded by the row's place in the global batch: the same tokens whichever process reads it.
+                rng = np.random.default_rng((step, rows[b]))
                 take = rng.choice(len(flat_y), size=min(len(flat_y), layout_tokens_per_window * n), replace=False)
-                cols["layout_x"].append(flat_x[take])
-                cols["layout_y"].append(flat_y[take])
-                cols["layout_pseudo"].append(np.full(len(take), pseudo))
-        cat = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in cols.items()}
+                xs.append(flat_x[take])
+                ys.append(flat_y[take])
+                pseudos.append(np.full(len(take), pseudo))
+            cols["layout_x"].append(np.concatenate(xs))
+            cols["layout_y"].append(np.concatenate(ys))
+            cols["layout_pseudo"].append(np.concatenate(pseudos))
+        # Every process's items, in the order of one process reading whole batches.
+        gathered = sharding.gather_pieces({k: v for k, v in cols.items() if v})
+        cat = {k: gathered.get(k, np.zeros((0,))) for k in cols}
         for k in ("window_txt", "page_txt", "doc_txt"):
             if len(cat[k]):
                 cat[k] = normalize(cat[k].astype(np.float32))
