@@ -19,6 +19,7 @@ def base() -> mlc.ConfigDict:
     c.prepare.max_pages = 256            # per document; longer documents are truncated
     c.prepare.synth_long = 0.0           # synth:N: this fraction of documents are long (reports, papers)
     c.prepare.synth_long_pages = (8, 64)  # ... of this many pages (the others have 1-4)
+    c.prepare.synth_long_splits = ("train", "val")  # ... in these splits
     # synth:N: body text at least this x-height in px after the resize to page_width (0 = the
     # generator's print sizes, about 5 px at 448 px wide: too small to read).
     c.prepare.synth_min_x_height = 8.0

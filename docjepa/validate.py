@@ -61,6 +61,8 @@ RULES: dict[str, Rule] = {
     "prepare.synth_long": (lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "must be a fraction in [0, 1]"),
     "prepare.synth_long_pages": (lambda v: isinstance(v, tuple) and len(v) == 2 and all(_pos_int(x) for x in v)
                                  and v[0] <= v[1], "must be (min, max) pages with 1 <= min <= max"),
+    "prepare.synth_long_splits": (lambda v: isinstance(v, tuple) and set(v) <= {"train", "val"},
+                                  "must be a tuple of split names among ('train', 'val')"),
     "prepare.synth_min_x_height": (lambda v: isinstance(v, (int, float)) and v >= 0, "must be a number >= 0"),
     "prepare.shard_docs": (_pos_int, "must be a positive integer"),
     "prepare.workers": (_nonneg_int, "must be a non-negative integer"),

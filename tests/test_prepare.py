@@ -74,6 +74,25 @@ def test_split_and_text_ids():
     assert prepare.text_id(" \n") == -1 and prepare.text_id("a b") != prepare.text_id("a c")
 
 
+def test_synth_long_documents_only_in_the_chosen_splits():
+    """`prepare.synth_long_splits=("val",)`: every validation document is long, the training
+    documents are those of a corpus without long documents (the same pages, word for word)."""
+    source = prepare.make_source("synth:12", 0)
+    base = {"page_width": 448, "max_pages": 256, "synth_long": 0.0, "synth_long_pages": (5, 5),
+            "synth_min_x_height": 8.0, "val_fraction": 0.5}
+    long_val = base | {"synth_long": 1.0, "synth_long_splits": ("val",)}
+    splits = set()
+    for item in source.items():
+        split = prepare.split_of(item.doc_id, 0.5)
+        splits.add(split)
+        doc, _ = source.read(item, long_val)
+        if split == "val":
+            assert len(doc.pages) == 5
+        else:
+            assert doc.to_json() == source.read(item, base)[0].to_json()
+    assert splits == {"train", "val"}
+
+
 @pytest.fixture(scope="module")
 def synth_out(tmp_path_factory, encoder):
     out = tmp_path_factory.mktemp("synth")

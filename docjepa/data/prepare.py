@@ -95,7 +95,11 @@ class SynthSource(Source):
         lo, hi = cfg["synth_long_pages"]
         x_height = cfg.get("synth_min_x_height", 0.0)  # absent where tfds_docs reads (pages kept at full size)
         legible = {"min_x_height": x_height, "page_width": cfg["page_width"]} if x_height else {}
-        if np.random.default_rng([self.seed, item.locator, 1]).random() < cfg["synth_long"]:
+        # `synth_long_splits` (absent: every split): long documents only where they are wanted, e.g.
+        # the validation split alone, which leaves the training split as it is without them.
+        splits = cfg.get("synth_long_splits")
+        wanted = splits is None or split_of(item.doc_id, cfg["val_fraction"]) in splits
+        if wanted and np.random.default_rng([self.seed, item.locator, 1]).random() < cfg["synth_long"]:
             category = synth.LONG_CATEGORIES[item.locator % len(synth.LONG_CATEGORIES)]
             return synth.generate(item.locator, seed=self.seed, min_pages=min(lo, cfg["max_pages"]),
                                   max_pages=min(hi, cfg["max_pages"]), category=category, **legible)
@@ -557,7 +561,8 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
     todo = [s for s in shards if s.name not in done]
     embedder = _Embedder(cfg.text, encoder)
     work_cfg = {k: cfg.prepare[k] for k in ("page_width", "window", "stride", "dpi", "max_pages", "max_pixels",
-                                            "synth_long", "synth_long_pages", "synth_min_x_height")}
+                                            "synth_long", "synth_long_pages", "synth_long_splits",
+                                            "synth_min_x_height", "val_fraction")}
     work_cfg["ocr_lang"] = ocr_lang  # None: no OCR engine
     results = _processed(source, [it for s in todo for it in s.items], work_cfg, cfg.prepare.workers)
     total = sum(len(s.items) for s in todo)
