@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.bridge = mlc.ConfigDict()
     c.bridge.hidden = 512                # projector MLP width
     c.bridge.memory = True               # the TTM's memory tokens after the document, besides its outputs
+    c.bridge.blind = False               # True: no visual tokens at all (train and eval), the blind baseline
 
     c.lm = mlc.ConfigDict()
     c.lm.model_dir = ""                  # "" = the embedded small LM below, trained from scratch
@@ -71,6 +72,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.evals = mlc.ConfigDict()
     c.evals.batch_size = 8
     c.evals.max_examples = 64            # validation pairs answered; 0 = all
+    c.evals.blind = True                 # also answer with the visual tokens removed (the trained LM, blind)
+    c.evals.random_encoder = True        # also answer with a random-initialised stage-1 encoder
     if arg == "quick":
         c.data.batch_size = 2
         c.data.max_steps = 24            # documents of up to 2 pages: half the encoder work per example

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import pdf_factory
 import train_utils
 from bench.device_check import compare, final_state
 from configs import stage2_demo
 from docjepa import finetune, sharding
 from docjepa.data import stage2, tasks
+from docjepa.evals import answers
 from docjepa.models import decoder
 
 # One worker runs the module: its stage-1 run, setups and subprocess runs (sharing `jax_cache`)
@@ -99,6 +101,13 @@ def test_frozen_encoder_learning_and_generation(one_device, stage1):
     assert tokens.shape == (batch["input_ids"].shape[0], 6) and tokens.dtype == np.int32
     assert isinstance(tokens, jax.Array)
     assert all(isinstance(a, str) for a in setup.answer(state, batch, 6))
+
+    # The blind twin's prefix is the prompt alone: no visual position, the text embedded as is.
+    prompt = {k: batch[k] for k in (*stage2.ENCODER_FIELDS, "prompt_ids", "prompt_mask")}
+    blind, blind_mask = setup._prefix(state, prompt, True)
+    assert blind.shape[1] == batch["prompt_ids"].shape[1] < embeds.shape[1]
+    np.testing.assert_array_equal(blind_mask, batch["prompt_mask"])
+    np.testing.assert_allclose(blind, setup.modules(state)[2].embed(batch["prompt_ids"]), rtol=1e-6)
 
 
 def test_document_read_across_chunks(synth_corpus, stage1, tmp_path):
@@ -233,15 +242,27 @@ def test_cli_resume(synth_corpus, stage1, finetuned, tmp_path, jax_cache):
 
 def test_cli_eval(synth_corpus, stage1, finetuned, jax_cache):
     """`--eval` answers validation pairs by greedy decoding and writes each task's JSON validity
-    and metrics to W/eval/step_4.json, and every answer to step_4_answers.jsonl."""
+    and metrics to W/eval/step_4.json, for the model and its twins (blind, random encoder) on the
+    same pairs, and every answer (with the twins') to step_4_answers.jsonl; it prints one table."""
     r = train_utils.run(finetune_cmd(synth_corpus, stage1, finetuned, 4, "--eval"), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((finetuned / "eval" / "step_4.json").read_text())
     assert result["step"] == 4 and result["tasks"]
+    metrics = {"ocr": {"word_f1", "cer", "wer"}, "qa": {"exact_match", "anls"}, "layout": {"layout_f1"},
+               "ner": {"entity_f1"}}
     for task, row in result["tasks"].items():
         assert task in tasks.TASKS and row["examples"] > 0 and 0 <= row["valid"] <= 1
-    answers = (finetuned / "eval" / "step_4_answers.jsonl").read_text().splitlines()
-    assert sum(r["examples"] for r in result["tasks"].values()) == len(answers) == 4  # evals.max_examples
+        assert set(row) == {"examples", "valid", *metrics[task]}
+    for twin in ("blind", "random_encoder"):
+        assert {t: r["examples"] for t, r in result[twin].items()} == {
+            t: r["examples"] for t, r in result["tasks"].items()}
+        assert all(set(result[twin][t]) == set(result["tasks"][t]) for t in result["tasks"])
+    rows = [json.loads(line) for line in (finetuned / "eval" / "step_4_answers.jsonl").read_text().splitlines()]
+    assert sum(r["examples"] for r in result["tasks"].values()) == len(rows) == 4  # evals.max_examples
+    assert all(isinstance(row[twin]["predicted"], str) for row in rows for twin in ("blind", "random_encoder"))
+    table = r.stdout.splitlines()
+    assert table[0] == "| task | metric | model | blind | random_encoder |"
+    assert len(table) == 2 + sum(len(row) for row in result["tasks"].values())
 
 
 def test_cli_refuses_missing_stage1(synth_corpus, tmp_path):
@@ -251,17 +272,104 @@ def test_cli_refuses_missing_stage1(synth_corpus, tmp_path):
 
 
 def test_answer_scores():
-    """Invalid JSON scores 0 on the task's metric; OCR F1 is over word multisets; QA is exact."""
-    from docjepa.evals import answers
-
+    """Invalid JSON scores 0 on the task's metric (an error rate of 1: nothing read); OCR F1 is
+    over word multisets; QA is exact."""
     truth = json.dumps({"lines": ["Total due", "$12.00"]})
-    assert answers.score("ocr", truth, truth) == {"valid": 1.0, "word_f1": 1.0}
+    assert answers.score("ocr", truth, truth) == {"valid": 1.0, "word_f1": 1.0, "cer": 0.0, "wer": 0.0}
     assert answers.score("ocr", json.dumps({"lines": ["Total $12.00 extra"]}), truth)["word_f1"] == pytest.approx(
         2 * (2 / 3) * (2 / 3) / (4 / 3))
-    assert answers.score("ocr", '{"lines": ["Total due"', truth) == {"valid": 0.0, "word_f1": 0.0}
+    assert answers.score("ocr", '{"lines": ["Total due"', truth) == {"valid": 0.0, "word_f1": 0.0, "cer": 1.0,
+                                                                       "wer": 1.0}
     qa = json.dumps({"answer": "$12.00", "page": 1})
-    assert answers.score("qa", qa, qa) == {"valid": 1.0, "exact_match": 1.0}
-    assert answers.score("qa", json.dumps({"answer": "$12", "page": 1}), qa)["exact_match"] == 0.0
-    assert answers.score("layout", '{"elements": []}', '{"elements": []}') == {"valid": 1.0}
+    assert answers.score("qa", qa, qa) == {"valid": 1.0, "exact_match": 1.0, "anls": 1.0}
+    near = answers.score("qa", json.dumps({"answer": "$12", "page": 1}), qa)
+    assert near["exact_match"] == 0.0 and near["anls"] == 0.0  # distance 3 of 6: not below 0.5
+    assert answers.score("qa", '{"answer": "$12.00"}', qa) == {"valid": 0.0, "exact_match": 0.0, "anls": 0.0}
+    assert answers.score("layout", '{"elements": []}', '{"elements": []}') == {"valid": 1.0, "layout_f1": 1.0}
+    assert answers.score("ner", '{"entities": [{"type": "ORG"}]}', '{"entities": []}') == {"valid": 0.0,
+                                                                                           "entity_f1": 0.0}
     summary = answers.summarize([("qa", {"valid": 1.0, "exact_match": 1.0}), ("qa", {"valid": 0.0, "exact_match": 0.0})])
     assert summary == {"qa": {"examples": 2, "valid": 0.5, "exact_match": 0.5}}
+
+
+def test_edit_distance_cer_wer():
+    """Levenshtein distance, by hand: kitten -> sitting is 2 substitutions and 1 insertion."""
+    assert answers.edit_distance("kitten", "sitting") == 3
+    assert answers.edit_distance("sitting", "kitten") == 3
+    assert answers.edit_distance("", "abc") == answers.edit_distance("abc", "") == 3
+    assert answers.edit_distance("flaw", "lawn") == 2  # delete f, insert n
+    assert answers.edit_distance(["total", "due", "now"], ["total", "now"]) == 1
+    # CER over "Total due $12.00" (16 characters): "Tota1 due $12.0" substitutes 1 and deletes 1.
+    assert answers.cer(["Tota1 due", "$12.0"], ["Total due", "$12.00"]) == pytest.approx(2 / 16)
+    # WER over 3 truth words: one substituted, one inserted; lines and extra spaces do not count.
+    assert answers.wer(["Total  dew", "$12.00 extra"], ["Total due $12.00"]) == pytest.approx(2 / 3)
+    assert answers.wer([], ["a b"]) == 1.0 and answers.cer(["x"], []) == 1.0
+
+
+def test_anls():
+    """ANLS (threshold 0.5): 1 - distance / longer length when that is below 0.5, else 0;
+    lower-cased, outer whitespace ignored."""
+    assert answers.anls(" Kim Analytics ", "kim analytics") == 1.0
+    assert answers.anls("$1,234.5", "$1,234.56") == pytest.approx(1 - 1 / 9)
+    assert answers.anls("abcd", "abxy") == 0.0  # 2 / 4 = 0.5 is not below the threshold
+    assert answers.anls("abcde", "abxye") == pytest.approx(0.6)
+
+
+def test_layout_f1():
+    """One-to-one matches of the same category at IoU >= 0.5."""
+    assert answers.iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+    truth = [{"category": "title", "box": [0, 0, 100, 100]}, {"category": "paragraph", "box": [0, 200, 100, 300]}]
+    shifted = {"category": "title", "box": [20, 0, 120, 100]}  # IoU 80 / 120
+    assert answers.layout_f1([shifted], truth) == pytest.approx(2 * 1 * 0.5 / 1.5)
+    # Two predictions of the one title: only one matches (precision 1/3, recall 1/2).
+    twice = [shifted, {"category": "title", "box": [0, 0, 100, 100]}, {"category": "table", "box": [0, 200, 100, 300]}]
+    assert answers.layout_f1(twice, truth) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert answers.layout_f1([{"category": "title", "box": [50, 0, 150, 100]}], truth[:1]) == 0.0  # IoU 1/3
+    assert answers.layout_f1([], truth) == 0.0 and answers.layout_f1([], []) == 1.0
+
+
+def test_entity_f1():
+    """Exact (type, text) pairs, as multisets."""
+    truth = [{"type": "ORG", "text": "Kim Analytics"}, {"type": "DATE", "text": "2019-03-01"},
+             {"type": "ORG", "text": "Kim Analytics"}]
+    predicted = [{"type": "ORG", "text": "Kim Analytics"}, {"type": "PERSON", "text": "Kim Analytics"},
+                 {"type": "DATE", "text": "2019-03-01"}, {"type": "DATE", "text": "2019-03-01"}]
+    # matched: ORG once, DATE once -> precision 2/4, recall 2/3
+    assert answers.entity_f1(predicted, truth) == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert answers.entity_f1([], []) == 1.0
+
+
+def generate_cmd(workdir, *args: str) -> list[str]:
+    return [sys.executable, "-m", "docjepa.generate", f"--workdir={workdir}", *args]
+
+
+def test_generate_cli(finetuned, tmp_path, jax_cache):
+    """`python -m docjepa.generate` reads a PDF as prepare does and prints one line: the task's
+    answer, parsed when it is valid JSON of the schema, else the decoded text and why not (what a
+    4-step model says is not checked). A bad command line, file or workdir is one line, exit 2."""
+    pdf = tmp_path / "invoice.pdf"
+    content = b" ".join([pdf_factory.text(60, 700, "Invoice INV-2019-00042", 20),
+                         pdf_factory.text(60, 660, "Total due: 12.00 USD", 14)])
+    pdf.write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 612 792]", content)]))
+    r = train_utils.run(generate_cmd(finetuned, f"--pdf={pdf}", "--task=ocr", "--page=1"), cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1, r.stdout
+    out = json.loads(lines[0])
+    assert out["task"] == "ocr" and out["page"] == 1 and isinstance(out["valid"], bool)
+    if out["valid"]:
+        tasks.check(tasks.SCHEMAS["ocr"], out["answer"])
+    else:
+        assert isinstance(out["answer"], str) and out["error"]
+
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4 nothing else")
+    bad = {"unknown task": (finetuned, f"--pdf={pdf}", "--task=summary"),
+           "qa without a question": (finetuned, f"--pdf={pdf}", "--task=qa"),
+           "missing workdir": (tmp_path / "none", f"--pdf={pdf}", "--task=ocr"),
+           "bad file": (finetuned, f"--pdf={broken}", "--task=ocr"),
+           "page beyond the document": (finetuned, f"--pdf={pdf}", "--task=ner", "--page=2")}
+    for why, (workdir, *args) in bad.items():
+        r = train_utils.run(generate_cmd(workdir, *args))
+        assert r.returncode == 2 and not r.stdout, (why, r.stdout, r.stderr[-2000:])
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: --"), (why, r.stderr)

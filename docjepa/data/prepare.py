@@ -153,8 +153,7 @@ class DirSource(Source):
         if not self._inside(path):  # checked again here: the tree may have changed since listing
             raise ocr.BadDocument("symlink_outside_source",
                                   f"{path} -> {os.path.realpath(path)} is outside {self._real_root}")
-        doc, pages = ocr.read_document(path, dpi=cfg["dpi"], max_pages=cfg["max_pages"],
-                                       max_pixels=cfg["max_pixels"], lang=cfg["ocr_lang"])
+        doc, pages = read_file(path, cfg)
         sidecar = path.with_name(path.name + LAYOUT_SIDECAR)
         if sidecar.is_symlink() and not self._inside(sidecar):
             raise ocr.BadDocument("symlink_outside_source",
@@ -164,6 +163,31 @@ class DirSource(Source):
             doc = ocr.with_layout_sidecar(doc, sidecar, scale)
         category = item.doc_id.split("/")[0] if "/" in item.doc_id else None
         return dataclasses.replace(doc, doc_id=item.doc_id, category=category), pages
+
+
+def read_file(path: Path, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
+    """A PDF or image rendered and read under the caps of `cfg` (`work_settings`: dpi, max_pages,
+    max_pixels, ocr_lang)."""
+    return ocr.read_document(path, dpi=cfg["dpi"], max_pages=cfg["max_pages"], max_pixels=cfg["max_pixels"],
+                             lang=cfg["ocr_lang"])
+
+
+class FileSource(Source):
+    """One PDF or image, read as a directory source reads each of its files (no layout sidecar, no
+    category): what `python -m docjepa.generate` hands to `process_document`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.name = str(self.path)
+
+    def ocr_need(self) -> str:
+        return "some" if ocr.file_kind(self.path) == "pdf" else "all"
+
+    def items(self) -> list[Item]:
+        return [Item(self.path.name, str(self.path))]
+
+    def read(self, item: Item, cfg: dict[str, Any]) -> tuple[ocr.Document, list[np.ndarray]]:
+        return read_file(Path(item.locator), cfg)
 
 
 class TfdsSource(Source):
@@ -283,6 +307,28 @@ def _settings(cfg: mlc.ConfigDict, ocr_engine: bool = True) -> dict[str, Any]:
     settings = {"seed": cfg.seed, "prepare": prep, "text": cfg.text.to_dict(), "format": SHARD_FORMAT,
                 "ocr_engine": ocr_engine}
     return json.loads(json.dumps(settings))  # as a shard's JSON gives it back (tuples become lists)
+
+
+# The prepare fields a worker reads (process_document and the sources' readers).
+WORK_FIELDS = ("page_width", "window", "stride", "dpi", "max_pages", "max_pixels", "synth_long", "synth_long_pages",
+               "synth_long_splits", "synth_min_x_height", "val_fraction")
+
+
+def work_settings(prepare_cfg: Any, ocr_lang: str | None) -> dict[str, Any]:
+    """What a worker reads of `config.prepare` (a ConfigDict, or the dict a manifest stores under
+    config.prepare), with the OCR language (None: no OCR engine)."""
+    return {**{k: prepare_cfg[k] for k in WORK_FIELDS if k in prepare_cfg}, "ocr_lang": ocr_lang}
+
+
+def usable_ocr_lang(source: Source, lang: str | None) -> str | None:
+    """`lang` when the source needs no OCR or Tesseract can read `lang`; None (with a warning)
+    when only some documents need it; PrepareError when every document does."""
+    if source.ocr_need() != "none" and lang is not None and (problem := ocr.tesseract_problem(lang)):
+        if source.ocr_need() == "all":
+            raise PrepareError(f"prepare.source: every document of {source.name} needs OCR, but {problem}")
+        log.warning("%s; PDF pages without a text layer and images are skipped (no_ocr_engine)", problem)
+        return None
+    return lang
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:
@@ -545,12 +591,7 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
     """
     validate(cfg)
     source = make_source(cfg.prepare.source, cfg.seed)
-    ocr_lang = cfg.prepare.ocr_lang
-    if source.ocr_need() != "none" and (problem := ocr.tesseract_problem(ocr_lang)):
-        if source.ocr_need() == "all":
-            raise PrepareError(f"prepare.source: every document of {source.name} needs OCR, but {problem}")
-        log.warning("%s; PDF pages without a text layer and images are skipped (no_ocr_engine)", problem)
-        ocr_lang = None
+    ocr_lang = usable_ocr_lang(source, cfg.prepare.ocr_lang)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out: {out} exists and is not a directory")
@@ -560,10 +601,7 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
     done = {s.name: st for s in shards if (st := _complete(out, s, settings)) is not None}
     todo = [s for s in shards if s.name not in done]
     embedder = _Embedder(cfg.text, encoder)
-    work_cfg = {k: cfg.prepare[k] for k in ("page_width", "window", "stride", "dpi", "max_pages", "max_pixels",
-                                            "synth_long", "synth_long_pages", "synth_long_splits",
-                                            "synth_min_x_height", "val_fraction")}
-    work_cfg["ocr_lang"] = ocr_lang  # None: no OCR engine
+    work_cfg = work_settings(cfg.prepare, ocr_lang)
     results = _processed(source, [it for s in todo for it in s.items], work_cfg, cfg.prepare.workers)
     total = sum(len(s.items) for s in todo)
     with tqdm(total=total, desc=f"prepare {source.name}", unit="doc", disable=not progress) as bar:

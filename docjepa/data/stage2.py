@@ -134,11 +134,6 @@ class Examples:
         self.spec = pipeline.example_spec(data_cfg.dir, data_cfg.max_steps, data_cfg.max_pages)
         self.index, self.codec, self.length, self.max_chunks = index, codec, max_text_tokens, data_cfg.max_chunks
 
-    def _row(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        out = np.full(self.length, self.codec.pad_id, np.int32)
-        out[: len(ids)] = ids
-        return out, np.arange(self.length) < len(ids)
-
     def pair(self, position: int) -> dict[str, Any]:
         """The stored pair of index `position` ({task, prompt, answer})."""
         record, j = self.index[position]
@@ -148,20 +143,48 @@ class Examples:
         record, j = (int(x) for x in self.index[position])
         doc = decode_record(self.source[record], _RECORD_FIELDS)
         doc["record_index"] = record
-        chunks = self.spec.chunks(doc)
-        exs = [self.spec.example(c, None) for c in chunks]
-        exs += [self.spec.empty()] * (self.max_chunks - len(exs))
         p = json.loads(doc["tasks_json"])[j]
-        named = _PAGE.search(p["prompt"])
-        pages = [ex["window_rows"][:, 0] for ex in exs]
-        focus = next(k for k, pg in enumerate(pages) if int(named.group(1)) - 1 in pg) if named else len(chunks) - 1
-        ids, n_prompt = self.codec.pair(p["prompt"], p["answer"])
-        input_ids, text_mask = self._row(ids)
-        prompt_ids, prompt_mask = self._row(ids[:n_prompt])
-        return {**{k: np.stack([ex[k] for ex in exs]) for k in _CHUNK_FIELDS}, "doc_page": np.stack(pages),
-                "focus": np.int32(focus), "input_ids": input_ids, "text_mask": text_mask,
-                "loss_mask": text_mask & (np.arange(self.length) >= n_prompt), "prompt_ids": prompt_ids,
-                "prompt_mask": prompt_mask, "task_id": np.int32(tasks.TASKS.index(p["task"]))}
+        return {**example(doc, p["prompt"], p["answer"], spec=self.spec, codec=self.codec,
+                          max_text_tokens=self.length, max_chunks=self.max_chunks),
+                "task_id": np.int32(tasks.TASKS.index(p["task"]))}
+
+
+def example(doc: dict[str, Any], prompt: str, answer: str | None, *, spec: Any, codec: TextCodec,
+            max_text_tokens: int, max_chunks: int) -> dict[str, np.ndarray]:
+    """One example of a decoded record (`pipeline.RECORD_FIELDS`) and a pair; `answer` None for
+    generation (the text is the prompt alone, no position in `loss_mask`). Shared by the stored
+    pairs and `python -m docjepa.generate`, so both read a document and a prompt the same way.
+    ValueError when the document needs more than `max_chunks` chunks, or the prompt names a page
+    it lacks."""
+    chunks = spec.chunks(doc)
+    if len(chunks) > max_chunks:
+        raise ValueError(f"{len(chunks)} chunks of at most {spec.max_steps} windows and {spec.max_pages} pages, "
+                         f"more than data.max_chunks={max_chunks}")
+    exs = [spec.example(c, None) for c in chunks]
+    exs += [spec.empty()] * (max_chunks - len(exs))
+    named = _PAGE.search(prompt)
+    pages = [ex["window_rows"][:, 0] for ex in exs]
+    focus = len(chunks) - 1
+    if named:
+        held = [k for k, pg in enumerate(pages) if int(named.group(1)) - 1 in pg]
+        if not held:
+            raise ValueError(f"the prompt names page {named.group(1)}, and the document has {len(doc['pages_png'])}")
+        focus = held[0]
+    ids, n_prompt = codec.pair(prompt, answer)
+    if len(ids) > max_text_tokens:
+        raise ValueError(f"{len(ids)} text tokens, more than lm.max_text_tokens={max_text_tokens}")
+
+    def row(tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.full(max_text_tokens, codec.pad_id, np.int32)
+        out[: len(tokens)] = tokens
+        return out, np.arange(max_text_tokens) < len(tokens)
+
+    input_ids, text_mask = row(ids)
+    prompt_ids, prompt_mask = row(ids[:n_prompt])
+    return {**{k: np.stack([ex[k] for ex in exs]) for k in _CHUNK_FIELDS}, "doc_page": np.stack(pages),
+            "focus": np.int32(focus), "input_ids": input_ids, "text_mask": text_mask,
+            "loss_mask": text_mask & (np.arange(max_text_tokens) >= n_prompt), "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask}
 
 
 def train_dataset(examples: Examples, *, seed: int, local_batch: int, process_index: int,

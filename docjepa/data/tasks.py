@@ -28,6 +28,9 @@ from docjepa.data.patchify import assign_words
 
 TASKS = ("ocr", "layout", "qa", "ner")
 BOX_SCALE = 1000  # box coordinates are integers in [0, BOX_SCALE] of the page's width and height
+# The instruction of each page task, for page n (from 1); a QA prompt is its question.
+PAGE_PROMPTS = {"ocr": "Read page {n}.", "layout": "List the layout elements of page {n}.",
+                "ner": "List the named entities on page {n}."}
 
 
 class Pair(NamedTuple):
@@ -125,11 +128,17 @@ def box_permille(box: Box, page: Page) -> list[int]:
     return [min(BOX_SCALE, max(0, round(v / s * BOX_SCALE))) for v, s in zip(box, sizes)]
 
 
+def page_prompt(task: str, n: int) -> str:
+    """The prompt of a page task ("ocr", "layout", "ner") for page `n` (from 1), as the pairs
+    state it: what `python -m docjepa.generate` asks a trained model."""
+    return PAGE_PROMPTS[task].format(n=n)
+
+
 def _page_pairs(doc: Document, i: int) -> list[tuple[str, str, str]]:
     """OCR of page i and of one of its text regions (picked by a hash of doc id and page, so it is
     stable), and with generator truth its layout and entities."""
     page, n = doc.pages[i], i + 1
-    out = [("ocr", f"Read page {n}.", _json({"lines": _lines(page)}))]
+    out = [("ocr", page_prompt("ocr", n), _json({"lines": _lines(page)}))]
     boxes = [box_permille(e.box, page) for e in page.layout]
     # The region's words are those whose centre lies in the box as the prompt states it.
     pixels = np.array(boxes, np.float64).reshape(-1, 4) * ([page.width, page.height] * 2) / BOX_SCALE
@@ -140,11 +149,11 @@ def _page_pairs(doc: Document, i: int) -> list[tuple[str, str, str]]:
     if doc.facts is None:
         return out
     elements = [{"category": e.cls, "box": box} for e, box in zip(page.layout, boxes)]
-    out.append(("layout", f"List the layout elements of page {n}.", _json({"elements": elements})))
+    out.append(("layout", page_prompt("layout", n), _json({"elements": elements})))
     text = doc.page_text(i)
     entities = {(f.entity, f.text) for f in doc.facts if f.page == i and f.entity}
     ordered = sorted(entities, key=lambda e: (text.find(e[1]), e))  # reading order
-    out.append(("ner", f"List the named entities on page {n}.",
+    out.append(("ner", page_prompt("ner", n),
                 _json({"entities": [{"type": t, "text": s} for t, s in ordered]})))
     return out
 
