@@ -107,8 +107,7 @@ def test_prepare_records_loader_round_trip(synth_corpus):
     its stored pairs are those the generator's truth gives for each stored document."""
     cfg = demo.get_config("quick")
     source = prepare.make_source("synth:8", cfg.seed)
-    work_cfg = {k: cfg.prepare[k] for k in ("page_width", "synth_long", "synth_long_pages", "synth_min_x_height",
-                                            "max_pages")}
+    work_cfg = prepare.work_settings(cfg.prepare, None)
     generated = {item.doc_id: source.read(item, work_cfg)[0] for item in source.items()}
     seen = set()
     for split in ("train", "val"):
