@@ -497,6 +497,11 @@ def test_beam_bad_file_zoo_rejects_as_local(zoo, tmp_path, encoder):
 
 
 def test_beam_cli_runner_and_pipeline_options(tmp_path):
+    # Without --runner, Apache Beam is not imported (make demo needs requirements.txt only).
+    probe = "import sys, docjepa.prepare; assert 'apache_beam' not in sys.modules, 'apache_beam imported'"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=train_utils.ROOT, env=train_utils.env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
     r = _prepare_cli("synth:1", tmp_path / "a", "--runner=DirectRunner", "--", "--direct_num_workers=1")
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
