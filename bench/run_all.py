@@ -29,6 +29,7 @@ CPU_ARGS: dict[str, list[str]] = {
     "ttm_scaling.py": ["--pages", "1,4,16", "--repeats", "2"],
     "doc_length.py": ["--pages", "1,16,64"],
     "train_step.py": ["--config", "configs/demo.py", "--steps", "3"],
+    "prepare_runners.py": ["--synth", "40", "--workers", "2"],
 }
 
 

@@ -438,3 +438,77 @@ def test_cli_summary_progress_and_exit_code(tmp_path):
     r = _prepare_cli(src, tmp_path / "out2")
     assert r.returncode == 1 and json.loads(r.stdout)["documents"] == {"kept": 0, "rejected": 1}
     assert r.stderr.strip().splitlines()[-1].startswith("error: no document kept (1 rejected, reasons in ")
+
+
+# ----------------------------------------------------------------------------- Apache Beam
+# apache_beam is a dev requirement: without it these tests fail (ImportError), they do not skip.
+
+
+def _record_bytes(out):
+    """{(shard file, doc_id): the record's bytes} of every shard under `out`."""
+    recs = {}
+    for path in sorted(out.glob("*.array_record")):
+        r = ArrayRecordReader(str(path))
+        recs.update({(path.name, decode_record(b, {"doc_id"})["doc_id"]): b for b in r.read_all()})
+        r.close()
+    return recs
+
+
+@pytest.mark.long
+def test_beam_direct_runner_writes_the_local_shards(synth_out, tmp_path, encoder):
+    """Two DirectRunner worker processes (each loads its own encoder) write the records, shards,
+    rejected.jsonl, text bank and manifest of the local process pool; a re-run resumes."""
+    from docjepa.data import prepare_beam
+
+    out, manifest = synth_out
+    args = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    beam_manifest, counters = prepare_beam.prepare_beam(_cfg("synth:4"), str(tmp_path), args)
+    assert beam_manifest == manifest
+    local = _record_bytes(out)
+    assert len(local) == 4 and _record_bytes(tmp_path) == local  # same shard, same bytes, per document
+    for name in ("rejected.jsonl", "text_bank.safetensors", *(p.name for p in out.glob("*-of-*.*"))):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+    assert counters == {"documents_kept": 4, "documents_rejected": 0, "pages_dropped": 0, "documents_truncated": 0,
+                        "shards_written": 2}
+    # Either path resumes the other's shards: the pool completes a Beam run, Beam a complete one
+    # (nothing rewritten, the manifest rebuilt from the shards' JSONs).
+    (tmp_path / "train-00001-of-00002.array_record").unlink()
+    assert prepare.prepare(_cfg("synth:4"), str(tmp_path), progress=False, encoder=encoder) == manifest
+    assert _record_bytes(tmp_path) == local
+    (tmp_path / "manifest.json").unlink()
+    again, counters = prepare_beam.prepare_beam(_cfg("synth:4"), str(tmp_path), ["--runner=DirectRunner"],
+                                                encoder=encoder)
+    assert again == manifest and counters["shards_written"] == 0 and counters["documents_kept"] == 0
+
+
+def test_beam_bad_file_zoo_rejects_as_local(zoo, tmp_path, encoder):
+    from docjepa.data import prepare_beam
+
+    local = prepare.prepare(_cfg(str(zoo)), str(tmp_path / "local"), progress=False, encoder=encoder)
+    beam, counters = prepare_beam.prepare_beam(_cfg(str(zoo)), str(tmp_path / "beam"), ["--runner=DirectRunner"],
+                                               encoder=encoder)
+    rejected = (tmp_path / "local/rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 7  # six documents and one page of good.pdf (test_bad_file_zoo)
+    assert (tmp_path / "beam/rejected.jsonl").read_text().splitlines() == rejected
+    assert beam == local and _record_bytes(tmp_path / "beam") == _record_bytes(tmp_path / "local")
+    assert counters == {"documents_kept": 2, "documents_rejected": sum(local["rejected"].values()),
+                        "pages_dropped": sum(local["dropped_pages"].values()), "documents_truncated": 0,
+                        "shards_written": 4}
+
+
+def test_beam_cli_runner_and_pipeline_options(tmp_path):
+    # Without --runner, Apache Beam is not imported (make demo needs requirements.txt only).
+    probe = "import sys, docjepa.prepare; assert 'apache_beam' not in sys.modules, 'apache_beam imported'"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=train_utils.ROOT, env=train_utils.env(), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _prepare_cli("synth:1", tmp_path / "a", "--runner=DirectRunner", "--", "--direct_num_workers=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["documents"] == {"kept": 1, "rejected": 0}
+    assert summary["beam_counters"]["documents_kept"] == 1 and summary["beam_counters"]["shards_written"] == 1
+    r = _prepare_cli("synth:1", tmp_path / "b", "--runner=DirectRunner", "--", "--direct_num_worker=2")
+    assert r.returncode == 2 and not (tmp_path / "b").exists()
+    assert r.stderr.strip().splitlines()[-1].startswith("error: beam pipeline option '--direct_num_worker=2': not an")
+    r = _prepare_cli("synth:1", tmp_path / "c", "--", "--direct_num_workers=2")  # no --runner: no Beam options
+    assert r.returncode == 2 and "Beam pipeline options go after --runner R --" in r.stderr

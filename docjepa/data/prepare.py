@@ -417,9 +417,14 @@ def process_document(source: Source, item: Item, cfg: dict[str, Any]) -> dict[st
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: Source, cfg: dict[str, Any]) -> None:
-    os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # Tesseract: one thread per worker process
+def limit_threads() -> None:
+    """One thread per worker process for Tesseract and OpenCV (the workers are the parallelism)."""
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     cv2.setNumThreads(1)
+
+
+def _init_worker(source: Source, cfg: dict[str, Any]) -> None:
+    limit_threads()
     _WORKER.update(source=source, cfg=cfg)
 
 
@@ -583,12 +588,25 @@ def _manifest(out: Path, source: Source, stats: list[dict[str, Any]], settings: 
     return manifest
 
 
-def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder: Any = None) -> dict[str, Any]:
-    """Write (or complete) the shards for cfg.prepare.source under out_dir; returns the manifest.
+@dataclasses.dataclass
+class Plan:
+    """What a run does, decided before any document is read; shared by the local process pool and
+    the Beam pipeline (docjepa.data.prepare_beam), so both write the same shards."""
 
-    `encoder`: an already loaded docjepa.text.TextEncoder matching cfg.text, to reuse its
-    compiled functions across calls; by default it is loaded from cfg.text when first needed.
-    """
+    source: Source
+    out: Path
+    settings: dict[str, Any]  # what each shard's JSON must hold to be resumed
+    shards: list[Shard]  # every shard of the source, in manifest order
+    done: dict[str, dict[str, Any]]  # stats of the shards already complete in `out`, by name
+    work_cfg: dict[str, Any]  # what process_document reads (work_settings)
+
+    @property
+    def todo(self) -> list[Shard]:
+        return [s for s in self.shards if s.name not in self.done]
+
+
+def plan(cfg: mlc.ConfigDict, out_dir: str) -> Plan:
+    """Validate cfg, open the source, create `out_dir` and find the shards still to write."""
     validate(cfg)
     source = make_source(cfg.prepare.source, cfg.seed)
     ocr_lang = usable_ocr_lang(source, cfg.prepare.ocr_lang)
@@ -599,16 +617,32 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
     settings = _settings(cfg, ocr_engine=ocr_lang is not None)
     shards = plan_shards(source.items(), cfg.prepare.val_fraction, cfg.prepare.shard_docs)
     done = {s.name: st for s in shards if (st := _complete(out, s, settings)) is not None}
-    todo = [s for s in shards if s.name not in done]
+    return Plan(source, out, settings, shards, done, work_settings(cfg.prepare, ocr_lang))
+
+
+def finish(p: Plan, written: Sequence[dict[str, Any]], embedder: _Embedder) -> dict[str, Any]:
+    """manifest.json, rejected.jsonl and the text bank from the resumed and the `written` shards."""
+    stats = {**p.done, **{s["name"]: s for s in written}}
+    return _manifest(p.out, p.source, [stats[s.name] for s in p.shards], p.settings, embedder)
+
+
+def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder: Any = None) -> dict[str, Any]:
+    """Write (or complete) the shards for cfg.prepare.source under out_dir; returns the manifest.
+
+    `encoder`: an already loaded docjepa.text.TextEncoder matching cfg.text, to reuse its
+    compiled functions across calls; by default it is loaded from cfg.text when first needed.
+    """
+    p = plan(cfg, out_dir)
+    todo = p.todo
     embedder = _Embedder(cfg.text, encoder)
-    work_cfg = work_settings(cfg.prepare, ocr_lang)
-    results = _processed(source, [it for s in todo for it in s.items], work_cfg, cfg.prepare.workers)
+    results = _processed(p.source, [it for s in todo for it in s.items], p.work_cfg, cfg.prepare.workers)
     total = sum(len(s.items) for s in todo)
-    with tqdm(total=total, desc=f"prepare {source.name}", unit="doc", disable=not progress) as bar:
+    written = []
+    with tqdm(total=total, desc=f"prepare {p.source.name}", unit="doc", disable=not progress) as bar:
         for shard in todo:
             batch = []
             for _ in shard.items:
                 batch.append(next(results))
                 bar.update(1)
-            done[shard.name] = _write_shard(out, shard, batch, embedder, settings, progress)
-    return _manifest(out, source, [done[s.name] for s in shards], settings, embedder)
+            written.append(_write_shard(p.out, shard, batch, embedder, p.settings, progress))
+    return finish(p, written, embedder)
