@@ -42,7 +42,8 @@ sysdeps:
 # prior and chance. Re-running resumes finished steps. Within 30 minutes on 2 cores (README).
 demo: venv sysdeps
 	$(RUN) -m docjepa.prepare --config configs/demo.py --out $(DEMO_DATA)
-	$(RUN) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR) --config.data.dir=$(DEMO_DATA)
+	$(RUN) -m docjepa.train --config configs/demo.py --workdir $(DEMO_DIR) --config.data.dir=$(DEMO_DATA) \
+	  --config.evals.in_train="()"
 	$(RUN) -m docjepa.eval --config configs/demo.py --workdir $(DEMO_DIR) --data $(DEMO_DATA)
 
 # After `make demo`: the no-memory ablation on the same corpus and steps, evaluated beside the
