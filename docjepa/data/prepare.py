@@ -744,24 +744,18 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
     return finish(p, written, embedder)
 
 
-def _first_difference(ours: Any, theirs: Any, path: str = "") -> str | None:
-    """The dotted path of the first field where two JSON-like trees differ ("" for the root)."""
+_ABSENT = "(absent)"
+
+
+def _first_difference(ours: Any, theirs: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted path, our value, their value) of the first field where two JSON trees differ."""
     if isinstance(ours, dict) and isinstance(theirs, dict):
         for key in [*ours, *(k for k in theirs if k not in ours)]:
-            if key not in ours or key not in theirs:
-                return f"{path}{key}"
-            if (found := _first_difference(ours[key], theirs[key], f"{path}{key}.")) is not None:
+            found = _first_difference(ours.get(key, _ABSENT), theirs.get(key, _ABSENT), f"{path}{key}.")
+            if found is not None:
                 return found
         return None
-    return None if ours == theirs else path.rstrip(".")
-
-
-def _lookup(tree: dict[str, Any], path: str) -> Any:
-    for key in path.split("."):
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
+    return None if ours == theirs else (path.rstrip("."), ours, theirs)
 
 
 def embed_corpus(cfg: mlc.ConfigDict, data_dir: str | os.PathLike, *, process_index: int = 0,
@@ -781,11 +775,11 @@ def embed_corpus(cfg: mlc.ConfigDict, data_dir: str | os.PathLike, *, process_in
     manifest, stats = read_corpus(out)
     corpus = manifest["config"]
     ours = _settings(cfg, ocr_engine=corpus["ocr_engine"])
-    field = _first_difference(ours, corpus)
-    if field is not None:
-        raise PrepareError(f"{out} was prepared with {field}={_lookup(corpus, field)!r}, the config here gives "
-                           f"{_lookup(ours, field)!r}; embed it with the config it was prepared with (the default "
-                           "without --config)")
+    diff = _first_difference(ours, corpus)
+    if diff is not None:
+        field, here, there = diff
+        raise PrepareError(f"{out} was prepared with {field}={there!r}, the config here gives {here!r}; embed it "
+                           "with the config it was prepared with (the default without --config)")
     embedder = _Embedder(cfg.text, encoder)
     todo = [s for s in stats if not embedded(s)]
     if todo:
@@ -793,7 +787,7 @@ def embed_corpus(cfg: mlc.ConfigDict, data_dir: str | os.PathLike, *, process_in
         other = next((s for s in stats if s["encoder"] and s["encoder"] != info), None)
         if other is not None:
             raise PrepareError(f"{out}/{other['name']}.json: already embedded with {other['encoder']}, not with "
-                               f"{info} (config.text); embed the rest with the encoder it was embedded with")
+                               f"{info} (config.text); a corpus has one encoder: prepare it again into a new directory")
     if barrier is not None:
         barrier("docjepa.embed: corpus read")  # every process lists the same shards to embed
     mine = todo[process_index::process_count]
