@@ -125,11 +125,12 @@ def _embedded_shards(out):
 def test_killed_run_resumes_to_the_same_bytes(corpora, tmp_path):
     inline, texts = corpora
     out = _copy(texts, tmp_path / "killed")
-    proc = subprocess.Popen(_embed_cmd(out), cwd=train_utils.ROOT, env=train_utils.env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(_embed_cmd(out), cwd=train_utils.ROOT, env=train_utils.env(), stdout=f, stderr=f)
     deadline = time.time() + 600
     while not _embedded_shards(out):  # SIGKILL as soon as the first shard has been replaced
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert proc.poll() is None, log.read_text()[-3000:]
         assert time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
