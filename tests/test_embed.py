@@ -17,9 +17,10 @@ import train_utils
 from docjepa.data import pipeline
 from docjepa.data.record import decode_record
 
-# 6 documents of at most 2 pages in shards of one: a few hundred texts, in train and val shards.
+# 6 documents of at most 2 pages in shards of one (4 train, 2 val): a few hundred texts.
 PREPARE = [sys.executable, "-m", "docjepa.prepare", "--config", "configs/demo.py:quick", "--source", "synth:6",
-           "--config.prepare.shard_docs=1", "--config.prepare.max_pages=2", "--config.prepare.workers=0"]
+           "--config.prepare.shard_docs=1", "--config.prepare.max_pages=2", "--config.prepare.workers=0",
+           "--config.prepare.val_fraction=0.4"]
 
 
 def _run(cmd, devices=1, timeout=600):
