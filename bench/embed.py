@@ -33,7 +33,9 @@ COLUMNS = ("date", "machine", "command", "devices", "shards", "texts", "embed s"
 NOTE = ("A texts-only corpus (prepare.embed=False) embedded by `python -m docjepa.embed --data DIR` in a "
         "subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=D; texts are the shards' window and "
         "page texts (repeats included), `embed s` the command's own seconds (encoder load and compile included), "
-        "texts/s = texts / embed s. Each batch of text.batch_size is split over the D devices.")
+        "texts/s = texts / embed s. Each batch of text.batch_size is split over the D devices. "
+        "`files = first run's`: every file of the directory equal to the first device count's; 8 devices "
+        "against 1 is expected to be NO, within one float16 ulp (docs/data.md, 'Embedding as its own stage').")
 ROOT = Path(__file__).resolve().parent.parent
 
 
