@@ -27,6 +27,7 @@ def base() -> mlc.ConfigDict:
     c.prepare.val_fraction = 0.1
     c.prepare.shard_docs = 64            # documents per ArrayRecord shard
     c.prepare.workers = 2
+    c.prepare.embed = True               # False: shards without text embeddings, for python -m docjepa.embed
     c.prepare.ocr_lang = "eng"
 
     # Frozen text encoder (runs in prepare only).

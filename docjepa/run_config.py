@@ -33,12 +33,18 @@ def _fill(saved: dict, defaults: dict) -> dict:
     return out
 
 
+def resolve(saved: dict[str, Any]) -> mlc.ConfigDict:
+    """A config saved as JSON (all of it, or some sections) as a config: lists back to tuples,
+    the fields it lacks from `configs/common.base()`."""
+    return mlc.ConfigDict(_fill(_tuples(saved), common.base().to_dict()))
+
+
 def load(workdir: str | os.PathLike) -> mlc.ConfigDict:
     """The resolved config the run in `workdir` was trained with."""
     path = workdir_path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (is {workdir} a docjepa workdir?)")
-    return mlc.ConfigDict(_fill(_tuples(json.loads(path.read_text())), common.base().to_dict()))
+    return resolve(json.loads(path.read_text()))
 
 
 def get_config(workdir: str) -> mlc.ConfigDict:

@@ -140,6 +140,7 @@ def write_subset(src: str, dst: str, docs: int) -> None:
             for f in info["files"]:
                 shutil.copy2(Path(src) / f, tmp / f)
     manifest["subset_of"] = {"dir": str(Path(src).absolute()), "train_docs": docs}
+    manifest.pop("shards", None)  # prepare's shards and their JSONs, which a subset does not have
     manifest["target_mean"] = bank.build(str(tmp), manifest["splits"]["train"]["files"])  # of the subset
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     tmp.rename(dst_path)

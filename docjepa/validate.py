@@ -66,6 +66,7 @@ RULES: dict[str, Rule] = {
     "prepare.synth_min_x_height": (lambda v: isinstance(v, (int, float)) and v >= 0, "must be a number >= 0"),
     "prepare.shard_docs": (_pos_int, "must be a positive integer"),
     "prepare.workers": (_nonneg_int, "must be a non-negative integer"),
+    "prepare.embed": _FLAG,
     "text.pooling": (_one_of("mean", "cls"), "must be 'mean' or 'cls'"),
     "text.max_length": (lambda v: _pos_int(v) and v >= 2, "must be an integer >= 2"),
     "text.batch_size": (_pos_int, "must be a positive integer"),

@@ -24,6 +24,8 @@ CASES = {
                         "error: flag --sweep=configs/missing.py:cpu: no such config file"),
     "docjepa.export": (["--workdir", "{tmp}/run", "--out", "{tmp}/export"],
                        "error: {tmp}/run/config.json: missing (is {tmp}/run a docjepa workdir?)"),
+    "docjepa.embed": (["--config", "configs/missing.py", "--data", "{tmp}/data"],
+                      "error: --config: configs/missing.py: no such config file"),
     "docjepa.data.show": (["{tmp}/data", "--config.foo=1", "--out", "{tmp}/page.png"],
                           "error: unrecognized arguments: --config.foo=1"),
 }

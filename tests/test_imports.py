@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "docjepa"
 # `python -m docjepa.X` programs: thin, and never each other's library.
 ENTRY_POINTS = {"docjepa.train", "docjepa.eval", "docjepa.prepare", "docjepa.scaling", "docjepa.data.show",
-                "docjepa.export", "docjepa.finetune", "docjepa.generate"}
+                "docjepa.export", "docjepa.finetune", "docjepa.generate", "docjepa.embed"}
 
 
 def _modules() -> dict[str, Path]:

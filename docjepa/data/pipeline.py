@@ -62,6 +62,9 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
     for key in ("splits", "encoder", "window"):
         if key not in manifest:
             raise DataError(f"{path}: missing field {key!r}")
+    if manifest["encoder"] is None:
+        raise DataError(f"{path}: prepared without text embeddings (prepare.embed=False); "
+                        f"embed them with python -m docjepa.embed --data {data_dir}")
     return manifest
 
 

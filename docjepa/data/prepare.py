@@ -7,6 +7,10 @@ order; the main process embeds every text of a shard with the frozen encoder and
 shard to a temporary file that is renamed when complete, next to a small JSON of its counts.
 A second run skips complete shards and rebuilds manifest.json and rejected.jsonl from them.
 
+With `prepare.embed = False` the shards hold the texts without their embeddings, and the
+manifest has no encoder, text bank or target mean: `embed_shard` and `finish_corpus` (run by
+`python -m docjepa.embed`, on accelerators) fill them in later, to the bytes an inline run writes.
+
 Every record's OCR JSON is checked against the schema before it is written: a page that fails
 (e.g. a word box outside the page) is dropped and listed, never stored.
 """
@@ -32,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from docjepa.data import bank, ocr, patchify, tasks
-from docjepa.data.record import encode_record
+from docjepa.data.record import decode_record, encode_record
 from docjepa.validate import ConfigError, check as check_config
 
 MANIFEST_VERSION = 1
@@ -300,10 +304,15 @@ def validate(cfg: mlc.ConfigDict) -> None:
         raise PrepareError(str(e)) from None
 
 
+# prepare fields that decide how, not what, a run writes: left out of the settings, so a run
+# resumes whatever they are (whether a shard's texts are embedded yet is in its JSON: `embedded`).
+_HOW_FIELDS = ("workers", "embed")
+
+
 def _settings(cfg: mlc.ConfigDict, ocr_engine: bool = True) -> dict[str, Any]:
-    """What determines shard contents (the config but `workers`, the shard format, whether OCR
-    ran); stored with every shard."""
-    prep = {k: v for k, v in cfg.prepare.to_dict().items() if k != "workers"}
+    """What determines shard contents (the config but `_HOW_FIELDS`, the shard format, whether
+    OCR ran); stored with every shard."""
+    prep = {k: v for k, v in cfg.prepare.to_dict().items() if k not in _HOW_FIELDS}
     settings = {"seed": cfg.seed, "prepare": prep, "text": cfg.text.to_dict(), "format": SHARD_FORMAT,
                 "ocr_engine": ocr_engine}
     return json.loads(json.dumps(settings))  # as a shard's JSON gives it back (tuples become lists)
@@ -511,35 +520,77 @@ class _Embedder:
         return dict(zip(unique, np.concatenate(rows))) if rows else {}
 
 
-def _write_shard(out: Path, shard: Shard, results: list[dict[str, Any]], embedder: _Embedder,
-                 settings: dict[str, Any], progress: bool = False) -> dict[str, Any]:
+def _with_embeddings(rec: dict[str, Any], table: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A record with the text ids and float16 embeddings of its window and page texts (from
+    `table`, _Embedder.embed's) after its other fields, as training reads it."""
+    rec = dict(rec)
+    for kind in ("window", "page"):
+        texts = rec[f"{kind}_text"]
+        rec[f"{kind}_text_id"] = np.asarray([text_id(t) for t in texts], np.int32)
+        rec[f"{kind}_emb"] = np.stack([table[t] for t in texts]).astype(np.float16)
+    return rec
+
+
+def _embed_records(records: list[dict[str, Any]], embedder: _Embedder, progress: str | None) -> list[dict[str, Any]]:
+    """One shard's records with their embeddings: the shard's texts are embedded together."""
+    texts = [t for r in records for t in r["window_text"] + r["page_text"]]
+    table = embedder.embed(texts, progress) if records else {}
+    return [_with_embeddings(r, table) for r in records]
+
+
+def embedded(stats: dict[str, Any]) -> bool:
+    """Whether a shard's records carry their text embeddings, from its JSON: prepare.embed=False
+    writes them without (no `encoder`); a shard without documents has none to carry."""
+    return stats["encoder"] is not None or not stats["documents"]
+
+
+def _write_files(out: Path, name: str, records: Sequence[dict[str, Any]], stats: dict[str, Any]) -> None:
+    """The shard's records, then its JSON, each to a temporary file renamed over the final one:
+    the JSON is the last word, so a shard is complete (and embedded if the JSON says so) once
+    its JSON and records exist, and an interrupted rewrite leaves the JSON of the older version."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    tmp = out / f"{name}.array_record.tmp"
+    writer = ArrayRecordWriter(str(tmp), "group_size:1")
+    for rec in records:
+        writer.write(encode_record(rec))
+    writer.close()
+    os.replace(tmp, out / f"{name}.array_record")
+    (out / f"{name}.json.tmp").write_text(json.dumps(stats))
+    os.replace(out / f"{name}.json.tmp", out / f"{name}.json")
+
+
+def _write_shard(out: Path, shard: Shard, results: list[dict[str, Any]], embedder: _Embedder | None,
+                 settings: dict[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Write one shard from process_document's results; `embedder` None: without embeddings."""
     docs = [r["doc"] for r in results if "doc" in r]
     rejected = [e for r in results for e in r["rejected"]]
     truncated = [r["truncated"] for r in results if r.get("truncated")]
-    texts = [t for d in docs for t in d["window_text"] + d["page_text"]]
-    table = embedder.embed(texts, f"text embed {shard.name}" if progress else None) if docs else {}
-    tmp = out / f"{shard.name}.array_record.tmp"
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
-    pages = windows = 0
-    for d in docs:
-        rec = dict(d, split=shard.split)
-        for kind in ("window", "page"):
-            texts = d[f"{kind}_text"]
-            rec[f"{kind}_text_id"] = np.asarray([text_id(t) for t in texts], np.int32)
-            rec[f"{kind}_emb"] = np.stack([table[t] for t in texts]).astype(np.float16)
-        writer.write(encode_record(rec))
-        pages += len(d["pages_png"])
-        windows += len(d["windows"])
-    writer.close()
-    stats = {"name": shard.name, "split": shard.split, "documents": len(docs), "pages": pages,
-             "windows": windows, "rejected": rejected, "truncated": truncated, "settings": settings,
-             "encoder": embedder.info() if docs else None}
-    meta = out / f"{shard.name}.json"
-    (out / f"{shard.name}.json.tmp").write_text(json.dumps(stats))
-    os.replace(out / f"{shard.name}.json.tmp", meta)
-    os.replace(tmp, out / f"{shard.name}.array_record")  # the shard is complete once this exists
+    records = [dict(d, split=shard.split) for d in docs]
+    if embedder is not None:
+        records = _embed_records(records, embedder, f"text embed {shard.name}" if progress else None)
+    stats = {"name": shard.name, "split": shard.split, "documents": len(docs),
+             "pages": sum(len(d["pages_png"]) for d in docs), "windows": sum(len(d["windows"]) for d in docs),
+             "rejected": rejected, "truncated": truncated, "settings": settings,
+             "encoder": embedder.info() if docs and embedder is not None else None}
+    _write_files(out, shard.name, records, stats)
+    return stats
+
+
+def embed_shard(out: Path, stats: dict[str, Any], embedder: _Embedder, progress: bool = False) -> dict[str, Any]:
+    """Embed the texts of a shard written without embeddings and replace it (records, then its
+    JSON) with what an inline run writes, bytes for bytes; returns the new JSON's stats."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    name = stats["name"]
+    reader = ArrayRecordReader(str(out / f"{name}.array_record"))
+    records = [decode_record(blob) for blob in reader.read_all()]
+    reader.close()
+    if len(records) != stats["documents"]:
+        raise PrepareError(f"{out / name}.array_record: {len(records)} records, its JSON counts {stats['documents']}")
+    records = _embed_records(records, embedder, f"text embed {name}" if progress else None)
+    stats = {**stats, "encoder": embedder.info()}
+    _write_files(out, name, records, stats)
     return stats
 
 
@@ -554,12 +605,17 @@ def _complete(out: Path, shard: Shard, settings: dict[str, Any]) -> dict[str, An
     return stats
 
 
-def _manifest(out: Path, source: Source, stats: list[dict[str, Any]], settings: dict[str, Any],
+def _manifest(out: Path, source: tuple[str, Sequence[str]], stats: list[dict[str, Any]], settings: dict[str, Any],
               embedder: _Embedder) -> dict[str, Any]:
+    """manifest.json and rejected.jsonl from every shard's stats (manifest order), and the text
+    bank once every shard is embedded; `source`: its name and categories."""
     encoders = {json.dumps(s["encoder"], sort_keys=True) for s in stats if s["encoder"]}
     if len(encoders) > 1:
         raise PrepareError(f"{out}: shards were embedded with different text encoders: {sorted(encoders)}")
-    encoder = json.loads(encoders.pop()) if encoders else embedder.info()
+    if not all(embedded(s) for s in stats):
+        encoder = None  # docjepa.embed completes the corpus
+    else:
+        encoder = json.loads(encoders.pop()) if encoders else embedder.info()
     splits = {}
     for split in SPLITS:
         ss = [s for s in stats if s["split"] == split]
@@ -573,14 +629,14 @@ def _manifest(out: Path, source: Source, stats: list[dict[str, Any]], settings: 
         return dict(sorted(collections.Counter(e["reason"] for e in entries).items()))
 
     manifest = {
-        "version": MANIFEST_VERSION, "source": source.name, "config": settings, "encoder": encoder,
-        "splits": splits, "categories": list(source.categories),
+        "version": MANIFEST_VERSION, "source": source[0], "config": settings, "encoder": encoder,
+        "splits": splits, "categories": list(source[1]), "shards": [s["name"] for s in stats],
         "rejected": count([e for e in rejected if "page" not in e]),  # whole documents, per reason
         "dropped_pages": count([e for e in rejected if "page" in e]),  # pages of kept documents
         "truncated": {"documents": len(truncated), "pages": sum(t["pages"] - t["kept"] for t in truncated)},
         "window": p["window"], "stride": p["stride"], "page_width": p["page_width"],
     }
-    if splits["train"]["files"]:  # the text bank and the target mean of the training split
+    if encoder is not None and splits["train"]["files"]:  # the text bank and the target mean of the training split
         manifest["target_mean"] = bank.build(str(out), splits["train"]["files"])
     with open(out / "rejected.jsonl", "w") as f:
         f.writelines(json.dumps(e) + "\n" for e in rejected)
@@ -599,6 +655,7 @@ class Plan:
     shards: list[Shard]  # every shard of the source, in manifest order
     done: dict[str, dict[str, Any]]  # stats of the shards already complete in `out`, by name
     work_cfg: dict[str, Any]  # what process_document reads (work_settings)
+    embed: bool  # whether shards are written with their embeddings (prepare.embed)
 
     @property
     def todo(self) -> list[Shard]:
@@ -617,13 +674,51 @@ def plan(cfg: mlc.ConfigDict, out_dir: str) -> Plan:
     settings = _settings(cfg, ocr_engine=ocr_lang is not None)
     shards = plan_shards(source.items(), cfg.prepare.val_fraction, cfg.prepare.shard_docs)
     done = {s.name: st for s in shards if (st := _complete(out, s, settings)) is not None}
-    return Plan(source, out, settings, shards, done, work_settings(cfg.prepare, ocr_lang))
+    waiting = [name for name, st in done.items() if not embedded(st)]
+    if cfg.prepare.embed and waiting:
+        raise PrepareError(f"{out}: shard {waiting[0]} was written without text embeddings (prepare.embed=False); "
+                           "complete it with --config.prepare.embed=False, then embed it with "
+                           f"python -m docjepa.embed --data {out}")
+    return Plan(source, out, settings, shards, done, work_settings(cfg.prepare, ocr_lang), cfg.prepare.embed)
 
 
 def finish(p: Plan, written: Sequence[dict[str, Any]], embedder: _Embedder) -> dict[str, Any]:
     """manifest.json, rejected.jsonl and the text bank from the resumed and the `written` shards."""
     stats = {**p.done, **{s["name"]: s for s in written}}
-    return _manifest(p.out, p.source, [stats[s.name] for s in p.shards], p.settings, embedder)
+    return _manifest(p.out, (p.source.name, p.source.categories), [stats[s.name] for s in p.shards], p.settings,
+                     embedder)
+
+
+def read_corpus(data_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The manifest of a prepared directory and the JSON of each of its shards (manifest order);
+    PrepareError naming what is missing when it is not one."""
+    out = Path(data_dir)
+    path = out / "manifest.json"
+    if not path.is_file():
+        raise PrepareError(f"--data: {out} is not a prepared corpus (no manifest.json; "
+                           f"run python -m docjepa.prepare --out {out})")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as e:
+        raise PrepareError(f"{path}: not valid JSON ({e})") from None
+    if "shards" not in manifest:
+        raise PrepareError(f"{path}: lists no shards (not written by this version of prepare); prepare "
+                           "it again into a new directory")
+    stats = []
+    for name in manifest["shards"]:
+        meta = out / f"{name}.json"
+        if not (meta.is_file() and (out / f"{name}.array_record").is_file()):
+            raise PrepareError(f"{out}: shard {name} is listed in manifest.json but incomplete; run the same "
+                               f"python -m docjepa.prepare --out {out} again to complete it")
+        stats.append(json.loads(meta.read_text()))
+    return manifest, stats
+
+
+def finish_corpus(out: Path, manifest: dict[str, Any], embedder: _Embedder) -> dict[str, Any]:
+    """What `finish` writes, for a corpus on disk whose source need not be at hand (its name and
+    categories come from `manifest`): after docjepa.embed has embedded its shards."""
+    _, stats = read_corpus(out)
+    return _manifest(out, (manifest["source"], manifest["categories"]), stats, manifest["config"], embedder)
 
 
 def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder: Any = None) -> dict[str, Any]:
@@ -635,6 +730,7 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
     p = plan(cfg, out_dir)
     todo = p.todo
     embedder = _Embedder(cfg.text, encoder)
+    shard_embedder = embedder if p.embed else None
     results = _processed(p.source, [it for s in todo for it in s.items], p.work_cfg, cfg.prepare.workers)
     total = sum(len(s.items) for s in todo)
     written = []
@@ -644,5 +740,66 @@ def prepare(cfg: mlc.ConfigDict, out_dir: str, *, progress: bool = True, encoder
             for _ in shard.items:
                 batch.append(next(results))
                 bar.update(1)
-            written.append(_write_shard(p.out, shard, batch, embedder, p.settings, progress))
+            written.append(_write_shard(p.out, shard, batch, shard_embedder, p.settings, progress))
     return finish(p, written, embedder)
+
+
+_ABSENT = "(absent)"
+
+
+def _first_difference(ours: Any, theirs: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted path, our value, their value) of the first field where two JSON trees differ."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in [*ours, *(k for k in theirs if k not in ours)]:
+            found = _first_difference(ours.get(key, _ABSENT), theirs.get(key, _ABSENT), f"{path}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if ours == theirs else (path.rstrip("."), ours, theirs)
+
+
+def embed_corpus(cfg: mlc.ConfigDict, data_dir: str | os.PathLike, *, process_index: int = 0,
+                 process_count: int = 1, barrier: Callable[[str], None] | None = None, progress: bool = True,
+                 encoder: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Embed the shards of a corpus written with prepare.embed=False and write its manifest, text
+    bank and target mean: afterwards the directory holds what an inline prepare of `cfg` writes.
+
+    `cfg` must give the settings the corpus was prepared with (its text encoder above all).
+    Shards already embedded (by an interrupted earlier run) are kept. With several processes
+    (`barrier(name)` waits for all of them), process i embeds every `process_count`-th shard still
+    to embed from the i-th, and process 0 writes the manifest once all are done, which every
+    process then reads. Returns the manifest and the stats of the shards this process embedded.
+    """
+    validate(cfg)
+    out = Path(data_dir)
+    manifest, stats = read_corpus(out)
+    corpus = manifest["config"]
+    ours = _settings(cfg, ocr_engine=corpus["ocr_engine"])
+    diff = _first_difference(ours, corpus)
+    if diff is not None:
+        field, here, there = diff
+        raise PrepareError(f"{out} was prepared with {field}={there!r}, the config here gives {here!r}; embed it "
+                           "with the config it was prepared with (the default without --config)")
+    embedder = _Embedder(cfg.text, encoder)
+    todo = [s for s in stats if not embedded(s)]
+    if todo:
+        info = embedder.info()
+        other = next((s for s in stats if s["encoder"] and s["encoder"] != info), None)
+        if other is not None:
+            raise PrepareError(f"{out}/{other['name']}.json: already embedded with {other['encoder']}, not with "
+                               f"{info} (config.text); a corpus has one encoder: prepare it again into a new directory")
+    if barrier is not None:
+        barrier("docjepa.embed: corpus read")  # every process lists the same shards to embed
+    mine = todo[process_index::process_count]
+    written = []
+    with tqdm(total=len(mine), desc=f"embed {out.name}", unit="shard", disable=not progress) as bar:
+        for s in mine:
+            written.append(embed_shard(out, s, embedder, progress))
+            bar.update(1)
+    if barrier is not None:
+        barrier("docjepa.embed: shards embedded")
+    if process_index == 0 and (todo or manifest["encoder"] is None):
+        finish_corpus(out, manifest, embedder)
+    if barrier is not None:
+        barrier("docjepa.embed: manifest written")
+    return json.loads((out / "manifest.json").read_text()), written

@@ -84,16 +84,18 @@ class _Process(beam.DoFn):
 
 
 class _WriteShard(beam.DoFn):
-    """(shard, {kept, rejected}) -> the shard's stats, written by prepare._write_shard."""
+    """(shard, {kept, rejected}) -> the shard's stats, written by prepare._write_shard (with the
+    texts' embeddings when `embed`)."""
 
     def __init__(self, out: str, shards: Sequence[prepare.Shard], text_cfg: dict[str, Any],
-                 settings: dict[str, Any]):
-        self._out, self._settings, self._text_cfg = out, settings, text_cfg
+                 settings: dict[str, Any], embed: bool):
+        self._out, self._settings, self._text_cfg, self._embed = out, settings, text_cfg, embed
         self._shards = {s.name: s for s in shards}
         self._written = Metrics.counter(NAMESPACE, "shards_written")
 
     def setup(self) -> None:
-        self._embedder = prepare._Embedder(mlc.ConfigDict(self._text_cfg), _ENCODERS.get(_key(self._text_cfg)))
+        self._embedder = (prepare._Embedder(mlc.ConfigDict(self._text_cfg), _ENCODERS.get(_key(self._text_cfg)))
+                          if self._embed else None)
 
     def process(self, element: tuple[str, dict[str, Iterable[tuple[int, dict[str, Any]]]]]) -> Iterator[dict[str, Any]]:
         name, groups = element
@@ -122,7 +124,7 @@ def build(root: beam.Pipeline, plan: prepare.Plan, text_cfg: dict[str, Any]) -> 
                  | "Process" >> beam.ParDo(_Process(plan.source, plan.work_cfg)).with_outputs(REJECTED, main=_KEPT))
     return ({_KEPT: processed[_KEPT], REJECTED: processed[REJECTED]}
             | "ByShard" >> beam.CoGroupByKey()
-            | "Write" >> beam.ParDo(_WriteShard(str(plan.out), todo, text_cfg, plan.settings))
+            | "Write" >> beam.ParDo(_WriteShard(str(plan.out), todo, text_cfg, plan.settings, plan.embed))
             | "Gather" >> beam.combiners.ToList()
             | "Manifest" >> beam.Map(_finish, plan, text_cfg))
 
