@@ -20,6 +20,9 @@ import train_utils
 from docjepa.data import pipeline
 from docjepa.data.record import decode_record
 
+# One xdist unit that shares the two prepared corpora, started early among the long tests.
+pytestmark = [pytest.mark.xdist_group("embed"), pytest.mark.long]
+
 # 6 documents of at most 2 pages in shards of one (4 train, 2 val): a few hundred texts.
 PREPARE = [sys.executable, "-m", "docjepa.prepare", "--config", "configs/demo.py:quick", "--source", "synth:6",
            "--config.prepare.shard_docs=1", "--config.prepare.max_pages=2", "--config.prepare.workers=0",
