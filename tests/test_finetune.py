@@ -144,11 +144,11 @@ def test_document_read_across_chunks(synth_corpus, stage1, tmp_path):
 
 
 def test_sharded_step_equals_one_device(synth_corpus, stage1, one_device, tmp_path):
-    """The step on a 2 x 2 (data x tensor) mesh computes the loss and gradients of the one-device
-    step (the shared one's first step): Adam's state after it (its first moment holds (1 - b1) x
-    the clipped gradient, whatever the learning rate) is compared leaf by leaf in float32 (the
-    reductions run in another order)."""
-    mesh = sharding.make_mesh((("data", 2), ("fsdp", 1), ("tensor", 2)), devices=jax.devices()[:4])
+    """The step on 8 devices (fsdp 2 x tensor 4: the batch of 2 split over fsdp, weights over both)
+    computes the loss and gradients of the one-device step (the shared one's first step): Adam's
+    state after it (its first moment holds (1 - b1) x the clipped gradient, whatever the learning
+    rate) is compared leaf by leaf in float32 (the reductions run in another order)."""
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 2), ("tensor", 4)), devices=jax.devices()[:8])
     setup = finetune.Stage2(quick_config(synth_corpus, stage1), str(tmp_path / "sharded"), mesh)
     batch = first_batch(setup)
     np.testing.assert_array_equal(batch["input_ids"], one_device["batch"]["input_ids"])
@@ -213,41 +213,56 @@ def finetune_cmd(corpus, stage1_dir, workdir, steps: int, *extra: str) -> list[s
             f"--config.train.steps={steps}", *extra]
 
 
+STEPS = 6  # the CLI runs': checkpoints at 2, 4 and 6
+
+
 @pytest.fixture(scope="session")
 def finetuned(synth_corpus, stage1, tmp_path_factory, jax_cache):
-    """`python -m docjepa.finetune` for 4 steps (checkpoints at 2 and 4)."""
+    """`python -m docjepa.finetune` for STEPS steps, uninterrupted."""
     workdir = tmp_path_factory.mktemp("stage2")
-    r = train_utils.run(finetune_cmd(synth_corpus, stage1, workdir, 4), cache=jax_cache)
+    r = train_utils.run(finetune_cmd(synth_corpus, stage1, workdir, STEPS), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     return workdir
 
 
-def test_cli_resume(synth_corpus, stage1, finetuned, tmp_path, jax_cache):
-    """A run stopped by SIGTERM after step 2 saves and exits; restarted, it resumes from that
-    checkpoint and its data position, and its trainable parameters end bitwise equal to those of
-    the 4 steps run straight."""
-    cmd = finetune_cmd(synth_corpus, stage1, tmp_path, 4)
-    proc = subprocess.Popen(cmd, cwd=train_utils.ROOT, env=train_utils.env(cache=jax_cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    train_utils.wait_for_step(tmp_path, 2, proc)
+def test_cli_sigterm_and_kill9_resume_bitwise(synth_corpus, stage1, finetuned, tmp_path, jax_cache):
+    """A run stopped by SIGTERM saves its current step and exits 0; resumed, then killed with SIGKILL
+    between the checkpoints of steps 4 and 6 and resumed again (from step 4 and its data position),
+    its trainable parameters end bitwise equal to those of the uninterrupted run."""
+    cmd = lambda every: finetune_cmd(synth_corpus, stage1, tmp_path, STEPS,  # noqa: E731
+                                     f"--config.train.ckpt_every={every}")
+    start = lambda every: subprocess.Popen(cmd(every), cwd=train_utils.ROOT,  # noqa: E731
+                                           env=train_utils.env(cache=jax_cache), stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, text=True)
+    proc = start(1000)  # no periodic checkpoint: only SIGTERM saves
+    train_utils.wait_for_step(tmp_path, 1, proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 0
-    stopped = train_utils.checkpoint_steps(tmp_path)[-1]
-    assert stopped < 4
-    r = train_utils.run(cmd, cache=jax_cache)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = train_utils.checkpoint_steps(tmp_path)
+    assert len(stopped) == 1 and stopped[0] < 4 and f"SIGTERM: saving step {stopped[0]}" in err, err[-3000:]
+
+    proc = start(2)
+    train_utils.wait_for_step(tmp_path, 5, proc)
+    proc.kill()
+    _, err = proc.communicate(timeout=300)
+    assert f"resumed from step {stopped[0]}" in err, err[-3000:]
+    assert 4 in train_utils.checkpoint_steps(tmp_path) and 6 not in train_utils.checkpoint_steps(tmp_path)
+
+    r = train_utils.run(cmd(2), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resumed from step {stopped}" in r.stderr
-    assert compare(final_state(finetuned, 4), final_state(tmp_path, 4)).startswith("bitwise equal")
+    assert "resumed from step 4" in r.stderr
+    assert compare(final_state(finetuned, STEPS), final_state(tmp_path, STEPS)).startswith("bitwise equal")
 
 
 def test_cli_eval(synth_corpus, stage1, finetuned, jax_cache):
     """`--eval` answers validation pairs by greedy decoding and writes each task's JSON validity
-    and metrics to W/eval/step_4.json, for the model and its twins (blind, random encoder) on the
-    same pairs, and every answer (with the twins') to step_4_answers.jsonl; it prints one table."""
-    r = train_utils.run(finetune_cmd(synth_corpus, stage1, finetuned, 4, "--eval"), cache=jax_cache)
+    and metrics to W/eval/step_6.json, for the model and its twins (blind, random encoder) on the
+    same pairs, and every answer (with the twins') to step_6_answers.jsonl; it prints one table."""
+    r = train_utils.run(finetune_cmd(synth_corpus, stage1, finetuned, STEPS, "--eval"), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads((finetuned / "eval" / "step_4.json").read_text())
-    assert result["step"] == 4 and result["tasks"]
+    result = json.loads((finetuned / "eval" / f"step_{STEPS}.json").read_text())
+    assert result["step"] == STEPS and result["tasks"]
     metrics = {"ocr": {"word_f1", "cer", "wer"}, "qa": {"exact_match", "anls"}, "layout": {"layout_f1"},
                "ner": {"entity_f1"}}
     for task, row in result["tasks"].items():
@@ -257,7 +272,7 @@ def test_cli_eval(synth_corpus, stage1, finetuned, jax_cache):
         assert {t: r["examples"] for t, r in result[twin].items()} == {
             t: r["examples"] for t, r in result["tasks"].items()}
         assert all(set(result[twin][t]) == set(result["tasks"][t]) for t in result["tasks"])
-    rows = [json.loads(line) for line in (finetuned / "eval" / "step_4_answers.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (finetuned / "eval" / f"step_{STEPS}_answers.jsonl").read_text().splitlines()]
     assert sum(r["examples"] for r in result["tasks"].values()) == len(rows) == 4  # evals.max_examples
     assert all(isinstance(row[twin]["predicted"], str) for row in rows for twin in ("blind", "random_encoder"))
     table = r.stdout.splitlines()
@@ -346,7 +361,7 @@ def generate_cmd(workdir, *args: str) -> list[str]:
 def test_generate_cli(finetuned, tmp_path, jax_cache):
     """`python -m docjepa.generate` reads a PDF as prepare does and prints one line: the task's
     answer, parsed when it is valid JSON of the schema, else the decoded text and why not (what a
-    4-step model says is not checked). A bad command line, file or workdir is one line, exit 2."""
+    6-step model says is not checked). A bad command line, file or workdir is one line, exit 2."""
     pdf = tmp_path / "invoice.pdf"
     content = b" ".join([pdf_factory.text(60, 700, "Invoice INV-2019-00042", 20),
                          pdf_factory.text(60, 660, "Total due: 12.00 USD", 14)])
