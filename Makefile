@@ -13,7 +13,7 @@ export PYTHONPATH := $(CURDIR)
 RUN = LD_PRELOAD="$$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null | head -n 1)" \
 	TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=68719476736 $(PY)
 
-.PHONY: demo demo-ablation test venv dev sysdeps bench clean
+.PHONY: demo demo-ablation stage2-demo test venv dev sysdeps bench clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,17 @@ demo-ablation: demo
 	  --config.model.ttm.use_memory=False --config.evals.in_train="()"
 	$(RUN) -m docjepa.eval --config configs/demo.py --workdir $(DEMO_DIR) --data $(DEMO_DATA) \
 	  --compare no_memory=$(DEMO_DIR)_no_memory
+
+# Stage 2 on the demo's stage-1 run: the frozen encoder feeds a small decoder LM trained to answer
+# in JSON, evaluated beside its twins; then the same LM trained blind (no visual tokens), the fair
+# baseline. Run after `make demo` (its runs/demo and data/demo); within 30 minutes on 2 cores (README).
+STAGE2_DIR ?= runs/stage2
+STAGE2 = --config configs/stage2_demo.py --config.stage1.workdir=$(DEMO_DIR) --config.data.dir=$(DEMO_DATA)
+stage2-demo: venv sysdeps
+	$(RUN) -m docjepa.finetune $(STAGE2) --workdir $(STAGE2_DIR)
+	$(RUN) -m docjepa.finetune $(STAGE2) --workdir $(STAGE2_DIR)_blind --config.bridge.blind=True
+	$(RUN) -m docjepa.finetune $(STAGE2) --workdir $(STAGE2_DIR) --eval
+	$(RUN) -m docjepa.finetune $(STAGE2) --workdir $(STAGE2_DIR)_blind --config.bridge.blind=True --eval
 
 # Runs the suite on all cores; pytest's exit code 5 ("no tests collected") is a failure here.
 test: dev sysdeps

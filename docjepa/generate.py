@@ -6,7 +6,9 @@ encoder) and the corpus, whose manifest.json says how pages were rendered and cu
 windows, the caps on pages and pixels). The file goes through prepare's own reader
 (`prepare.process_document`: render, text layer or OCR, resize, windows), the document and the
 prompt the task pairs use ("Read page N.", or the question) become one example as the stored pairs
-do (`stage2.example`), and the encoder, projector and LM answer by greedy decoding. The words are
+do (`stage2.example`), and the encoder, projector and LM answer by greedy decoding. The encoder
+reads the whole document (up to the corpus's page cap), chunk after chunk with the TTM's memory
+carried, whatever `data.max_chunks` training used: its memory per chunk stays the same. The words are
 read, as prepare reads them, only because prepare keeps no page without text; the model sees
 pixels alone and text embeddings are not computed.
 
@@ -144,9 +146,10 @@ def main(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError) as e:  # the stage-1 run it names: missing, or not usable
         cli.usage_error(f"--workdir: {e}")
     data = cfg.data
-    try:
-        ex = stage2.example(doc, prompt, None, spec=pipeline.example_spec(data.dir, data.max_steps, data.max_pages),
-                            codec=setup.codec, max_text_tokens=cfg.lm.max_text_tokens, max_chunks=data.max_chunks)
+    spec = pipeline.example_spec(data.dir, data.max_steps, data.max_pages)
+    try:  # the whole document, chunk after chunk with the memory carried, however many chunks training used
+        ex = stage2.example(doc, prompt, None, spec=spec, codec=setup.codec, max_text_tokens=cfg.lm.max_text_tokens,
+                            max_chunks=max(data.max_chunks, len(spec.chunks(doc))))
     except ValueError as e:
         cli.usage_error(f"--{kind}: {path}: {e}")
     ckpt = checkpoint.Checkpointer(FLAGS.workdir, keep=cfg.train.keep)

@@ -363,15 +363,16 @@ def test_generate_cli(finetuned, tmp_path, jax_cache):
     answer, parsed when it is valid JSON of the schema, else the decoded text and why not (what a
     6-step model says is not checked). A bad command line, file or workdir is one line, exit 2."""
     pdf = tmp_path / "invoice.pdf"
-    content = b" ".join([pdf_factory.text(60, 700, "Invoice INV-2019-00042", 20),
-                         pdf_factory.text(60, 660, "Total due: 12.00 USD", 14)])
-    pdf.write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 612 792]", content)]))
-    r = train_utils.run(generate_cmd(finetuned, f"--pdf={pdf}", "--task=ocr", "--page=1"), cache=jax_cache)
+    content = lambda k: b" ".join([pdf_factory.text(60, 700, f"Invoice INV-2019-0004{k}", 20),  # noqa: E731
+                                   pdf_factory.text(60, 660, f"Total due: 1{k}.00 USD", 14)])
+    pdf.write_bytes(pdf_factory.build_pdf([(b"/MediaBox [0 0 612 792]", content(k)) for k in range(3)]))
+    # 3 pages: 2 chunks of the quick config's 2 pages, more than the data.max_chunks = 1 it trained on
+    r = train_utils.run(generate_cmd(finetuned, f"--pdf={pdf}", "--task=ocr", "--page=3"), cache=jax_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert len(lines) == 1, r.stdout
     out = json.loads(lines[0])
-    assert out["task"] == "ocr" and out["page"] == 1 and isinstance(out["valid"], bool)
+    assert out["task"] == "ocr" and out["page"] == 3 and isinstance(out["valid"], bool)
     if out["valid"]:
         tasks.check(tasks.SCHEMAS["ocr"], out["answer"])
     else:
@@ -383,7 +384,7 @@ def test_generate_cli(finetuned, tmp_path, jax_cache):
            "qa without a question": (finetuned, f"--pdf={pdf}", "--task=qa"),
            "missing workdir": (tmp_path / "none", f"--pdf={pdf}", "--task=ocr"),
            "bad file": (finetuned, f"--pdf={broken}", "--task=ocr"),
-           "page beyond the document": (finetuned, f"--pdf={pdf}", "--task=ner", "--page=2")}
+           "page beyond the document": (finetuned, f"--pdf={pdf}", "--task=ner", "--page=4")}
     for why, (workdir, *args) in bad.items():
         r = train_utils.run(generate_cmd(workdir, *args))
         assert r.returncode == 2 and not r.stdout, (why, r.stdout, r.stderr[-2000:])
