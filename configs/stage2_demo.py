@@ -44,6 +44,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.bridge.hidden = 512                # projector MLP width
     c.bridge.memory = True               # the TTM's memory tokens after the document, besides its outputs
     c.bridge.blind = False               # True: no visual tokens at all (train and eval), the blind baseline
+    # The frozen encoder reads each training document once, before the first step, and batches
+    # carry its tokens (docs/stage2.md): a demo step then costs the projector and LM alone.
+    c.bridge.cache_visual = True
 
     c.lm = mlc.ConfigDict()
     c.lm.model_dir = ""                  # "" = the embedded small LM below, trained from scratch
@@ -86,6 +89,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.lm.kv_heads = 1
         c.lm.mlp_dim = 128
         c.bridge.hidden = 64
+        c.bridge.cache_visual = False    # the encoder in the step (the CLI tests turn the cache on)
         c.train.steps = 4
         c.train.log_every = 1
         c.train.ckpt_every = 2

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 import jax
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from docjepa import checkpoint, cli, metrics, sharding
 from docjepa.data import pipeline, stage2
 from docjepa.evals import answers
-from docjepa.stage2_state import STEP_FIELDS, Stage2, check
+from docjepa.stage2_state import Stage2, check
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("docjepa.finetune")
@@ -128,7 +129,10 @@ def main(argv: list[str]) -> None:
 
     # -------------------------------------------------------------------- data
     local_batch = cfg.data.batch_size // jax.process_count()
-    data = stage2.train_dataset(setup.examples(cfg.data.train_split), seed=cfg.seed, local_batch=local_batch,
+    examples = setup.examples(cfg.data.train_split)
+    if cfg.bridge.get("cache_visual", False):
+        setup.cache_visual(state, examples, np.arange(len(examples.index))[jax.process_index()::jax.process_count()])
+    data = stage2.train_dataset(examples, seed=cfg.seed, local_batch=local_batch,
                                 process_index=jax.process_index(), process_count=jax.process_count())
     train_iter = iter(data)
     if start_step is not None:
@@ -143,7 +147,7 @@ def main(argv: list[str]) -> None:
     try:
         for step in tqdm(range(start + 1, cfg.train.steps + 1), initial=start, total=cfg.train.steps,
                          disable=not sys.stderr.isatty(), desc="finetune"):
-            batch = sharding.global_batch({k: v for k, v in next(train_iter).items() if k in STEP_FIELDS}, mesh)
+            batch = sharding.global_batch({k: v for k, v in next(train_iter).items() if k in setup.step_fields}, mesh)
             state, step_metrics = step_fn(state, batch)
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 writer.write(step, jax.device_get(step_metrics))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ import ml_collections as mlc
 import numpy as np
 import optax
 from flax import nnx
+from tqdm import tqdm
 
 from docjepa import checkpoint, run_config, sharding, state as factory
 from docjepa.data import pipeline, stage2, tasks
@@ -24,6 +26,7 @@ from docjepa.models import bridge, decoder
 
 log = logging.getLogger("docjepa.finetune")
 STEP_FIELDS = (*stage2.ENCODER_FIELDS, "input_ids", "text_mask", "loss_mask")
+CACHED_STEP_FIELDS = (*stage2.VISUAL_FIELDS, "input_ids", "text_mask", "loss_mask")  # bridge.cache_visual
 
 
 def check(cfg: mlc.ConfigDict) -> None:
@@ -157,12 +160,54 @@ class Stage2:
         return bridge.visual_tokens(encoder, batch, max_pages=data.max_pages, pages=data.max_chunks * data.max_pages,
                                     memory=self.cfg.bridge.memory)
 
+    @property
+    def step_fields(self) -> tuple[str, ...]:
+        """The batch fields the train step reads: pixels, or the cached visual tokens."""
+        return CACHED_STEP_FIELDS if self.cfg.bridge.get("cache_visual", False) and not self.blind else STEP_FIELDS
+
+    def cache_visual(self, state: dict[str, Any], examples: stage2.Examples, positions: np.ndarray) -> None:
+        """Run the frozen encoder once over every (document, focus chunk) the index `positions`
+        use and keep its tokens in `examples.visual`, so that training batches carry tokens, not
+        pixels, and a step costs the projector and the LM alone. The encoder is frozen and stage 2
+        does not augment, so the tokens are those the step would compute (up to the last bits of
+        a different batch). Each process reads its own positions on its local devices, in
+        batches of `evals.batch_size` rows per device."""
+        if self.blind:
+            return
+        keys = sorted({(int(r), int(f)) for r, _, f in examples.index[positions]})
+        devices = jax.local_devices()
+        mesh = sharding.make_mesh((("data", len(devices)), ("fsdp", 1), ("tensor", 1)), devices)
+        params = jax.device_put(jax.device_get(state["frozen"]["encoder"]), sharding.replicated(mesh))
+        rows = self.cfg.evals.batch_size * len(devices)
+        data = self.cfg.data
+
+        @jax.jit
+        def visual(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+            return bridge.visual_tokens(nnx.merge(self.encoder_graphdef, params), batch, max_pages=data.max_pages,
+                                        pages=data.max_chunks * data.max_pages, memory=self.cfg.bridge.memory)
+
+        cache = {}
+        for lo in tqdm(range(0, len(keys), rows), desc="visual tokens", disable=not sys.stderr.isatty()):
+            part = keys[lo:lo + rows]
+            docs = [{**examples.document(r), "focus": np.int32(f)} for r, f in part]
+            docs += [docs[0]] * (rows - len(docs))
+            batch = {k: np.stack([d[k] for d in docs]) for k in stage2.ENCODER_FIELDS}
+            out = jax.device_get(visual(params, sharding.global_batch(batch, mesh)))
+            for i, key in enumerate(part):
+                cache[key] = {k: np.asarray(v[i]) for k, v in zip(stage2.VISUAL_FIELDS, out)}
+        log.info("visual tokens of %d (document, chunk) pairs cached", len(cache))
+        examples.visual = cache
+
     def train_step(self, state: dict[str, Any], batch: dict[str, jax.Array]
                    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         """One update of the trainable part; the encoder runs outside the differentiated function
-        and `frozen` comes back as it went in. Non-finite updates are skipped, as in stage 1."""
+        (or ran once before training: `cache_visual`) and `frozen` comes back as it went in.
+        Non-finite updates are skipped, as in stage 1."""
         with sharding.activation_sharding(self.mesh, self.rules):
-            visual = self.visual(self.modules(state)[0], batch)
+            if "visual" in batch:
+                visual = tuple(batch[k] for k in stage2.VISUAL_FIELDS)
+            else:
+                visual = self.visual(self.modules(state)[0], batch)
 
             def loss_fn(params):
                 _, projector, lm = self.modules({**state, "params": params})
@@ -179,7 +224,7 @@ class Stage2:
                      "finite": finite.astype(jnp.float32)}
 
     def jit_train_step(self):
-        batch_sh = {k: sharding.batch_sharding(self.mesh, 1) for k in STEP_FIELDS}
+        batch_sh = {k: sharding.batch_sharding(self.mesh, 1) for k in self.step_fields}
         return jax.jit(self.train_step, in_shardings=(self.state_sh, batch_sh),
                        out_shardings=(self.state_sh, sharding.replicated(self.mesh)), donate_argnums=0)
 

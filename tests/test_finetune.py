@@ -7,6 +7,7 @@ comes from two steps of the real `python -m docjepa.train`.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from configs import stage2_demo
 from docjepa import finetune, sharding
 from docjepa.data import stage2, tasks
 from docjepa.evals import answers
-from docjepa.models import decoder
+from docjepa.models import bridge, decoder
 
 # One worker runs the module: its stage-1 run, setups and subprocess runs (sharing `jax_cache`)
 # are made once.
@@ -47,10 +48,14 @@ def flat(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def first_batch(setup: finetune.Stage2) -> dict[str, np.ndarray]:
-    data = stage2.train_dataset(setup.examples("train"), seed=0, local_batch=setup.cfg.data.batch_size,
-                                process_index=0, process_count=1)
+def first_batch_of(setup: finetune.Stage2, examples: stage2.Examples) -> dict[str, np.ndarray]:
+    data = stage2.train_dataset(examples, seed=0, local_batch=setup.cfg.data.batch_size, process_index=0,
+                                process_count=1)
     return next(iter(data))
+
+
+def first_batch(setup: finetune.Stage2) -> dict[str, np.ndarray]:
+    return first_batch_of(setup, setup.examples("train"))
 
 
 # Session scope (here and for `finetuned`): xdist may run another module's tests between this
@@ -70,7 +75,7 @@ def one_device(synth_corpus, stage1, tmp_path_factory):
     step = setup.jit_train_step()
     metrics, opt_after_first = [], None
     for _ in range(6):
-        state, m = step(state, sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
+        state, m = step(state, sharding.global_batch({k: batch[k] for k in setup.step_fields}, mesh))
         metrics.append(jax.device_get(m))
         if opt_after_first is None:
             opt_after_first = copy(state["opt"])
@@ -143,6 +148,30 @@ def test_document_read_across_chunks(synth_corpus, stage1, tmp_path):
     assert (np.asarray(page[0, -m:]) == cfg.data.max_chunks * cfg.data.max_pages).all()
 
 
+def test_cached_visual_tokens_are_the_steps(one_device):
+    """`Stage2.cache_visual` (the encoder once per document, on the 8 local devices) gives the tokens
+    the step computes from pixels (float32, up to the last bits of other rows per device), and the
+    loss the LM reads from them; a batch of the cache carries no pixels."""
+    setup, state = one_device["setup"], one_device["state"]
+    examples = setup.examples("train")
+    setup.cache_visual(state, examples, np.arange(len(examples.index)))
+    cached = first_batch_of(setup, examples)
+    pixels = first_batch(setup)
+    assert "patches" not in cached and set(stage2.VISUAL_FIELDS) <= set(cached)
+    np.testing.assert_array_equal(cached["input_ids"], pixels["input_ids"])  # the same pairs
+    mesh = setup.mesh
+    enc = jax.jit(lambda st, b: setup.visual(setup.modules(st)[0], b))
+    from_pixels = jax.device_get(enc(state, sharding.global_batch({k: pixels[k] for k in stage2.ENCODER_FIELDS},
+                                                                  mesh)))
+    np.testing.assert_allclose(cached["visual"], from_pixels[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cached["visual_mask"], from_pixels[1])
+    np.testing.assert_array_equal(cached["visual_page"], from_pixels[2])
+    loss = jax.jit(lambda st, v, b: bridge.answer_loss(*setup.modules(st)[1:], v, b)[0])
+    text = {k: pixels[k] for k in ("input_ids", "text_mask", "loss_mask")}
+    assert float(loss(state, tuple(cached[k] for k in stage2.VISUAL_FIELDS), text)) == pytest.approx(
+        float(loss(state, from_pixels, text)), rel=1e-5)
+
+
 def test_sharded_step_equals_one_device(synth_corpus, stage1, one_device, tmp_path):
     """The step on 8 devices (fsdp 2 x tensor 4: the batch of 2 split over fsdp, weights over both)
     computes the loss and gradients of the one-device step (the shared one's first step): Adam's
@@ -153,7 +182,7 @@ def test_sharded_step_equals_one_device(synth_corpus, stage1, one_device, tmp_pa
     batch = first_batch(setup)
     np.testing.assert_array_equal(batch["input_ids"], one_device["batch"]["input_ids"])
     state, m = setup.jit_train_step()(setup.init_state(),
-                                      sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
+                                      sharding.global_batch({k: batch[k] for k in setup.step_fields}, mesh))
     loss_one, opt_one = float(one_device["metrics"][0]["loss"]), one_device["opt_after_first"]
     loss_sharded, opt_sharded = float(m["loss"]), flat(state["opt"])
     assert loss_sharded == pytest.approx(loss_one, rel=1e-5)
@@ -180,7 +209,7 @@ def test_lora_trains_adapters_only(synth_corpus, stage1, one_device, tmp_path):
     assert compare(merged, base).startswith("bitwise equal")
     lm_before = flat(state["frozen"]["lm"])
     batch = first_batch(setup)
-    state, m = setup.jit_train_step()(state, sharding.global_batch({k: batch[k] for k in finetune.STEP_FIELDS}, mesh))
+    state, m = setup.jit_train_step()(state, sharding.global_batch({k: batch[k] for k in setup.step_fields}, mesh))
     assert np.isfinite(float(m["loss"]))
     assert compare(lm_before, flat(state["frozen"]["lm"])).startswith("bitwise equal")
     assert any(np.abs(v).max() > 0 for k, v in flat(state["params"]["lora"]).items() if k.endswith("['b']"))
@@ -253,6 +282,22 @@ def test_cli_sigterm_and_kill9_resume_bitwise(synth_corpus, stage1, finetuned, t
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from step 4" in r.stderr
     assert compare(final_state(finetuned, STEPS), final_state(tmp_path, STEPS)).startswith("bitwise equal")
+
+
+def test_cli_cached_visual_resume_bitwise(synth_corpus, stage1, tmp_path, jax_cache):
+    """With the visual tokens cached (the demo's setting, `bridge.cache_visual`), a run resumed from
+    its step-4 checkpoint (the later one removed, as a kill after it would leave it) builds the
+    cache again and ends bitwise where it ended before. (Its steps are too quick on this config
+    for a signal to land between checkpoints; the signals are tested above on the pixel path.)"""
+    cmd = finetune_cmd(synth_corpus, stage1, tmp_path, STEPS, "--config.bridge.cache_visual=True")
+    r = train_utils.run(cmd, cache=jax_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "visual tokens of" in r.stderr and train_utils.checkpoint_steps(tmp_path) == [2, 4, 6]
+    straight = final_state(tmp_path, STEPS)
+    shutil.rmtree(tmp_path / "checkpoints" / str(STEPS))
+    r = train_utils.run(cmd, cache=jax_cache)
+    assert r.returncode == 0 and "resumed from step 4" in r.stderr, r.stderr[-3000:]
+    assert compare(straight, final_state(tmp_path, STEPS)).startswith("bitwise equal")
 
 
 def test_cli_eval(synth_corpus, stage1, finetuned, jax_cache):

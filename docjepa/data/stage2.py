@@ -35,6 +35,9 @@ PAD, EOS = "<pad>", "</s>"
 # What the frozen encoder reads: a stage-1 example per chunk [K, ...] (`doc_page`: each window's
 # page in the document, -1 on padding) and the chunk in focus.
 ENCODER_FIELDS = ("patches", "step_mask", "page_ids", "window_box", "doc_page", "focus")
+# The frozen encoder's output for an example (`bridge.visual_tokens`): tokens [V, C], which are
+# real [V] and the page of each [V]; what a batch carries instead of pixels once they are cached.
+VISUAL_FIELDS = ("visual", "visual_mask", "visual_page")
 _CHUNK_FIELDS = ("patches", "step_mask", "page_ids", "window_box")
 # "... page 2." as the prompts of tasks.py name a page (numbered from 1).
 _PAGE = re.compile(r"\bpage (\d+)\.$")
@@ -102,9 +105,9 @@ def texts(data_dir: str, split: str) -> Iterator[str]:
 
 def pair_index(data_cfg: mlc.ConfigDict, split: str, codec: TextCodec, max_text_tokens: int
                ) -> tuple[np.ndarray, dict[str, int]]:
-    """[N, 2] (record, pair) of the split's usable pairs, in record order, and the counts of
-    those left out by reason (`long_document`: more than `data.max_chunks` chunks; `long_text`:
-    more than `max_text_tokens` tokens)."""
+    """[N, 3] (record, pair, focus chunk) of the split's usable pairs, in record order, and the
+    counts of those left out by reason (`long_document`: more than `data.max_chunks` chunks;
+    `long_text`: more than `max_text_tokens` tokens)."""
     rows, skipped = [], {"long_document": 0, "long_text": 0}
     for r, rec in enumerate(pipeline.records(data_cfg.dir, split, {"windows", "tasks_json"})):
         pairs = [p for p in json.loads(rec["tasks_json"]) if p["task"] in data_cfg.tasks]
@@ -118,13 +121,27 @@ def pair_index(data_cfg: mlc.ConfigDict, split: str, codec: TextCodec, max_text_
             if len(codec.pair(p["prompt"], p["answer"])[0]) > max_text_tokens:
                 skipped["long_text"] += 1
             else:
-                rows.append((r, j))
-    return np.array(rows, np.int64).reshape(-1, 2), skipped
+                rows.append((r, j, focus_chunk(p["prompt"], [rec["windows"][a:b, 0] for a, b in chunks])))
+    return np.array(rows, np.int64).reshape(-1, 3), skipped
+
+
+def focus_chunk(prompt: str, chunk_pages: Sequence[np.ndarray]) -> int:
+    """The chunk the LM sees beside the memory: the first holding the page the prompt names
+    (`chunk_pages`: each chunk's window pages, from 0), else the last. ValueError when the
+    document lacks the named page."""
+    named = _PAGE.search(prompt)
+    if not named:
+        return len(chunk_pages) - 1
+    held = [k for k, pages in enumerate(chunk_pages) if int(named.group(1)) - 1 in pages]
+    if not held:
+        raise ValueError(f"the prompt names page {named.group(1)}, which the document lacks")
+    return held[0]
 
 
 class Examples:
     """Index position -> one example: the encoder fields of the document's chunks ([K, ...]) and
-    `focus`, the pair's
+    `focus`, or, once `visual` holds the frozen encoder's tokens of every (record, focus) of the
+    index (`Stage2.cache_visual`), those tokens (VISUAL_FIELDS) and no pixels; then the pair's
     training text (`input_ids`, `text_mask`, `loss_mask`, [T]), its prompt alone for generation
     (`prompt_ids`, `prompt_mask`, [T]) and `task_id` (position in `tasks.TASKS`)."""
 
@@ -133,43 +150,52 @@ class Examples:
             [os.path.join(data_cfg.dir, f) for f in pipeline.read_manifest(data_cfg.dir)["splits"][split]["files"]])
         self.spec = pipeline.example_spec(data_cfg.dir, data_cfg.max_steps, data_cfg.max_pages)
         self.index, self.codec, self.length, self.max_chunks = index, codec, max_text_tokens, data_cfg.max_chunks
+        self.visual: dict[tuple[int, int], dict[str, np.ndarray]] | None = None
 
     def pair(self, position: int) -> dict[str, Any]:
         """The stored pair of index `position` ({task, prompt, answer})."""
-        record, j = self.index[position]
+        record, j, _ = self.index[position]
         return json.loads(decode_record(self.source[int(record)], {"tasks_json"})["tasks_json"])[int(j)]
 
-    def __call__(self, position: int) -> dict[str, np.ndarray]:
-        record, j = (int(x) for x in self.index[position])
+    def document(self, record: int) -> dict[str, np.ndarray]:
+        """The encoder fields of a record's document (`document_fields`)."""
         doc = decode_record(self.source[record], _RECORD_FIELDS)
         doc["record_index"] = record
+        return document_fields(doc, spec=self.spec, max_chunks=self.max_chunks)
+
+    def __call__(self, position: int) -> dict[str, np.ndarray]:
+        record, j, focus = (int(x) for x in self.index[position])
+        if self.visual is None:
+            doc = decode_record(self.source[record], _RECORD_FIELDS)
+            doc["record_index"] = record
+        else:
+            doc = decode_record(self.source[record], {"tasks_json"})
         p = json.loads(doc["tasks_json"])[j]
+        if self.visual is not None:
+            return {**self.visual[record, focus], **text_fields(self.codec, p["prompt"], p["answer"], self.length),
+                    "task_id": np.int32(tasks.TASKS.index(p["task"]))}
         return {**example(doc, p["prompt"], p["answer"], spec=self.spec, codec=self.codec,
                           max_text_tokens=self.length, max_chunks=self.max_chunks),
                 "task_id": np.int32(tasks.TASKS.index(p["task"]))}
 
 
-def example(doc: dict[str, Any], prompt: str, answer: str | None, *, spec: Any, codec: TextCodec,
-            max_text_tokens: int, max_chunks: int) -> dict[str, np.ndarray]:
-    """One example of a decoded record (`pipeline.RECORD_FIELDS`) and a pair; `answer` None for
-    generation (the text is the prompt alone, no position in `loss_mask`). Shared by the stored
-    pairs and `python -m docjepa.generate`, so both read a document and a prompt the same way.
-    ValueError when the document needs more than `max_chunks` chunks, or the prompt names a page
-    it lacks."""
+def document_fields(doc: dict[str, Any], *, spec: Any, max_chunks: int) -> dict[str, np.ndarray]:
+    """The encoder fields of a decoded record ([K, ...] chunks, padded with empty ones, and
+    `doc_page`: each window's page, -1 on padding). ValueError when the document needs more than
+    `max_chunks` chunks."""
     chunks = spec.chunks(doc)
     if len(chunks) > max_chunks:
         raise ValueError(f"{len(chunks)} chunks of at most {spec.max_steps} windows and {spec.max_pages} pages, "
                          f"more than data.max_chunks={max_chunks}")
     exs = [spec.example(c, None) for c in chunks]
     exs += [spec.empty()] * (max_chunks - len(exs))
-    named = _PAGE.search(prompt)
-    pages = [ex["window_rows"][:, 0] for ex in exs]
-    focus = len(chunks) - 1
-    if named:
-        held = [k for k, pg in enumerate(pages) if int(named.group(1)) - 1 in pg]
-        if not held:
-            raise ValueError(f"the prompt names page {named.group(1)}, and the document has {len(doc['pages_png'])}")
-        focus = held[0]
+    return {**{k: np.stack([ex[k] for ex in exs]) for k in _CHUNK_FIELDS},
+            "doc_page": np.stack([ex["window_rows"][:, 0] for ex in exs]), "chunks": np.int32(len(chunks))}
+
+
+def text_fields(codec: TextCodec, prompt: str, answer: str | None, max_text_tokens: int) -> dict[str, np.ndarray]:
+    """The pair's token rows ([T]): prompt + answer + end for training, the prompt alone for
+    generation. ValueError when they need more than `max_text_tokens` tokens."""
     ids, n_prompt = codec.pair(prompt, answer)
     if len(ids) > max_text_tokens:
         raise ValueError(f"{len(ids)} text tokens, more than lm.max_text_tokens={max_text_tokens}")
@@ -181,22 +207,37 @@ def example(doc: dict[str, Any], prompt: str, answer: str | None, *, spec: Any, 
 
     input_ids, text_mask = row(ids)
     prompt_ids, prompt_mask = row(ids[:n_prompt])
-    return {**{k: np.stack([ex[k] for ex in exs]) for k in _CHUNK_FIELDS}, "doc_page": np.stack(pages),
-            "focus": np.int32(focus), "input_ids": input_ids, "text_mask": text_mask,
+    return {"input_ids": input_ids, "text_mask": text_mask,
             "loss_mask": text_mask & (np.arange(max_text_tokens) >= n_prompt), "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask}
 
 
+def example(doc: dict[str, Any], prompt: str, answer: str | None, *, spec: Any, codec: TextCodec,
+            max_text_tokens: int, max_chunks: int) -> dict[str, np.ndarray]:
+    """One example of a decoded record (`pipeline.RECORD_FIELDS`) and a pair; `answer` None for
+    generation (the text is the prompt alone, no position in `loss_mask`). Shared by the stored
+    pairs and `python -m docjepa.generate`, so both read a document and a prompt the same way.
+    ValueError when the document needs more than `max_chunks` chunks, or the prompt names a page
+    it lacks."""
+    fields = document_fields(doc, spec=spec, max_chunks=max_chunks)
+    real = int(fields.pop("chunks"))
+    focus = focus_chunk(prompt, list(fields["doc_page"][:real]))
+    return {**fields, "focus": np.int32(focus), **text_fields(codec, prompt, answer, max_text_tokens)}
+
+
 def train_dataset(examples: Examples, *, seed: int, local_batch: int, process_index: int,
-                  process_count: int) -> grain.MapDataset:
-    """This process's batches, batch k at position k: its share of the index, reshuffled every
-    epoch, repeated without end. `iter()` of it is the checkpointable iterator."""
+                  process_count: int) -> grain.IterDataset:
+    """This process's batches: its share of the index, reshuffled every epoch, repeated without
+    end. `iter()` of it is the checkpointable iterator. Two threads build batches a few ahead:
+    grain's default read-ahead (500 batches on 16 threads) holds 500 batches of pixels, some
+    14 GB on the demo."""
     n = len(examples.index)
     if n < process_count * local_batch:
         raise pipeline.DataError(f"stage 2: {n} usable pairs in the training split, fewer than the global batch "
                                  f"of {process_count * local_batch}")
     ds = grain.MapDataset.range(n)[process_index::process_count].shuffle(seed=seed).repeat(None)
-    return ds.map(examples).batch(local_batch, drop_remainder=True)
+    return ds.map(examples).batch(local_batch, drop_remainder=True).to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
 
 
 def eval_batches(examples: Examples, batch_size: int, limit: int | None = None
