@@ -36,7 +36,11 @@ NOTE = ("A texts-only corpus (prepare.embed=False) embedded by `python -m docjep
         "texts/s = texts / embed s. Each device computes whole slices of text.batch_size texts, so every "
         "device count writes the same bytes. `files = first run's`: every file of the directory equal to the "
         "first device count's (docs/data.md, 'Embedding as its own stage'); rows before 2026-12-03 13:00 split "
-        "a batch of text.batch_size over the D devices, and 8 devices were within one float16 ulp of 1.")
+        "a batch of text.batch_size over the D devices, and 8 devices were within one float16 ulp of 1. "
+        "A call fills every device with a slice, padding slices included: these shards hold about 53 texts "
+        "each, one slice, so on 8 devices a call computes one slice of text and seven of padding, which the "
+        "8 simulated devices pay for on the same 2 cores; shards of thousands of texts pad at most 7 slices per "
+        "length bucket.")
 ROOT = Path(__file__).resolve().parent.parent
 
 
