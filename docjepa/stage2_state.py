@@ -179,12 +179,7 @@ class Stage2:
         mesh = sharding.make_mesh((("data", len(devices)), ("fsdp", 1), ("tensor", 1)), devices)
         params = jax.device_put(jax.device_get(state["frozen"]["encoder"]), sharding.replicated(mesh))
         rows = self.cfg.evals.batch_size * len(devices)
-        data = self.cfg.data
-
-        @jax.jit
-        def visual(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-            return bridge.visual_tokens(nnx.merge(self.encoder_graphdef, params), batch, max_pages=data.max_pages,
-                                        pages=data.max_chunks * data.max_pages, memory=self.cfg.bridge.memory)
+        visual = jax.jit(lambda params, batch: self.visual(nnx.merge(self.encoder_graphdef, params), batch))
 
         cache = {}
         for lo in tqdm(range(0, len(keys), rows), desc="visual tokens", disable=not sys.stderr.isatty()):
