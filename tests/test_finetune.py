@@ -331,6 +331,19 @@ def test_cli_refuses_missing_stage1(synth_corpus, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: config.stage1.workdir")
 
 
+def test_embedded_tokenizer_spells_each_box_number_as_one_token():
+    """Every whole number 0..BOX_SCALE is one token wherever it stands alone, so a box is always
+    four number tokens; numbers inside longer ones are left to BPE; any text round-trips."""
+    texts = ['{"elements":[{"category":"title","box":[126,66,871,118]}]}', "Total due $1,234.50 on 2024-05-01."] * 20
+    codec = stage2.train_tokenizer(iter(texts), 300)
+    for box in ([126, 66, 871, 118], [0, 7, 999, 1000], [5, 40, 300, 1000]):
+        pieces = [codec.decode([i]) for i in codec.encode(json.dumps({"box": box}, separators=(",", ":")))]
+        assert [p for p in pieces if any(c.isdigit() for c in p)] == [str(v) for v in box]
+    assert "1001" not in [codec.decode([i]) for i in codec.encode("in 2024 and 1001")]  # beyond BOX_SCALE
+    for text in [*texts, " 42 ", "a1000 x7 12.5.1999", "ünïcode 3-4 -5"]:
+        assert codec.decode(codec.encode(text)) == text
+
+
 def test_answer_scores():
     """Invalid JSON scores 0 on the task's metric (an error rate of 1: nothing read); OCR F1 is
     over word multisets; QA is exact."""

@@ -26,7 +26,7 @@ from typing import Any
 import grain
 import ml_collections as mlc
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from docjepa.data import pipeline, tasks
 from docjepa.data.record import decode_record
@@ -73,13 +73,22 @@ class TextCodec:
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int) -> TextCodec:
     """A byte-level BPE tokenizer of `vocab_size` entries learnt from `texts` (deterministic, so
-    every process learns the same one): any string encodes, unseen characters as bytes."""
+    every process learns the same one), plus one token per whole number 0..tasks.BOX_SCALE: any
+    string encodes, unseen characters as bytes.
+
+    The number tokens are a location vocabulary, as Pix2Seq and Florence-2 quantise coordinates
+    into tokens, but spelt as the JSON integers the answers carry: a box is always four tokens.
+    Frequency-learnt merges cut numbers unevenly ("871" -> "8" "71", "143" -> "14" "3"), so a
+    box took 4 to 9 tokens and a small LM lost count of its numbers (layout answers with five)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
+    # Added after training, so BPE ids stay as learnt (a number BPE already holds keeps its id);
+    # single_word: never matched inside a longer number or word ("2024", "a100").
+    tok.add_tokens([AddedToken(str(i), single_word=True, normalized=False) for i in range(tasks.BOX_SCALE + 1)])
     return TextCodec(tok, tok.token_to_id(EOS), tok.token_to_id(PAD))
 
 
