@@ -22,10 +22,12 @@ from docjepa.data.record import decode_record
 # One xdist unit that shares the two prepared corpora, started early among the long tests.
 pytestmark = [pytest.mark.xdist_group("embed"), pytest.mark.long]
 
-# 6 documents of at most 2 pages in shards of one (4 train, 2 val): a few hundred texts.
+# 6 documents of at most 2 pages in shards of one (4 train, 2 val): a few hundred texts. Slices
+# of 8 texts (embed reads the corpus's text config): a shard's ~50 texts fill 7 of the 8 devices'
+# slices of a call, where slices of 64 left 7 devices computing padding.
 PREPARE = [sys.executable, "-m", "docjepa.prepare", "--config", "configs/demo.py:quick", "--source", "synth:6",
            "--config.prepare.shard_docs=1", "--config.prepare.max_pages=2", "--config.prepare.workers=0",
-           "--config.prepare.val_fraction=0.4"]
+           "--config.prepare.val_fraction=0.4", "--config.text.batch_size=8"]
 
 
 def _run(cmd, devices=1, timeout=600):
