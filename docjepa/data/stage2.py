@@ -174,16 +174,16 @@ class Examples:
 
     def __call__(self, position: int) -> dict[str, np.ndarray]:
         record, j, focus = (int(x) for x in self.index[position])
-        task_id = lambda p: np.int32(tasks.TASKS.index(p["task"]))  # noqa: E731
         if self.visual is not None:  # tokens cached: the pixels are not decoded
             p = self.pair(position)
-            return {**self.visual[record, focus], **text_fields(self.codec, p["prompt"], p["answer"], self.length),
-                    "task_id": task_id(p)}
-        doc = decode_record(self.source[record], _RECORD_FIELDS)
-        doc["record_index"] = record
-        p = json.loads(doc["tasks_json"])[j]
-        return {**example(doc, p["prompt"], p["answer"], spec=self.spec, codec=self.codec,
-                          max_text_tokens=self.length, max_chunks=self.max_chunks), "task_id": task_id(p)}
+            out = {**self.visual[record, focus], **text_fields(self.codec, p["prompt"], p["answer"], self.length)}
+        else:
+            doc = decode_record(self.source[record], _RECORD_FIELDS)
+            doc["record_index"] = record
+            p = json.loads(doc["tasks_json"])[j]
+            out = example(doc, p["prompt"], p["answer"], spec=self.spec, codec=self.codec,
+                          max_text_tokens=self.length, max_chunks=self.max_chunks)
+        return {**out, "task_id": np.int32(tasks.TASKS.index(p["task"]))}
 
 
 def document_fields(doc: dict[str, Any], *, spec: Any, max_chunks: int) -> dict[str, np.ndarray]:
